@@ -1,0 +1,4 @@
+"""python -m mlctl"""
+from mlctl.cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""Human output with rich: tables for profiles, the fit, the plan and findings.
+
+Only presentation lives here; every number comes from the pure modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from mlctl.diagnose import Finding
+    from mlctl.fit import FitReport
+    from mlctl.plan import Plan
+    from mlctl.profiles import Profile
+
+GB = 1_000_000_000
+
+
+def console() -> Console:
+    """The stdout console (no syntax highlighting guesses, soft wrapping for commands)."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def profile_row(profile: Profile, origin: str, path: str) -> dict[str, Any]:
+    """One profile as a flat row for ``profiles list``."""
+    hw = profile.hardware
+    gpus = f"{hw.gpus_per_node}x {hw.gpu}" + (f" x{hw.nodes} nodes" if hw.nodes > 1 else "")
+    return {
+        "name": profile.name,
+        "model": profile.model.name,
+        "quant": profile.checkpoint.quant,
+        "size_gb": profile.checkpoint.size_gb,
+        "engine": f"{profile.engine.kind} {profile.engine.version}",
+        "gpus": gpus,
+        "max_model_len": profile.serve.max_model_len,
+        "origin": origin,
+        "path": path,
+        "description": profile.description,
+    }
+
+
+def profiles_table(rows: Sequence[dict[str, Any]]) -> None:
+    """Print the profiles list."""
+    table = Table(title="Profiles", title_justify="left")
+    for column in ("name", "model", "quant", "engine", "gpus", "context", "origin"):
+        table.add_column(column)
+    for row in rows:
+        if "error" in row:
+            table.add_row(
+                escape(row["name"]),
+                f"[red]invalid: {escape(row['error'])}[/]",
+                "",
+                "",
+                "",
+                "",
+                row["origin"],
+            )
+            continue
+        table.add_row(
+            row["name"],
+            escape(row["model"]),
+            f"{row['quant']} ({row['size_gb']:g} GB)",
+            row["engine"],
+            row["gpus"],
+            f"{row['max_model_len']:,}",
+            row["origin"],
+        )
+    console().print(table)
+
+
+def _gb(value: float) -> str:
+    return f"{value / GB:,.1f} GB"
+
+
+def fit_table(report: FitReport, profile: Profile) -> None:
+    """Print the per-GPU memory sums and the context they allow."""
+    out = console()
+    title = "Memory fit, per GPU" + ("" if report.fits else " - DOES NOT FIT")
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_column("how")
+    table.add_row("GPUs", escape(report.gpus), "")
+    table.add_row(
+        "usable memory",
+        _gb(report.usable_per_gpu_bytes),
+        f"{_gb(report.gpu_memory_bytes)} x {profile.serve.gpu_memory_utilization:g}",
+    )
+    shards = report.tensor_parallel * report.pipeline_parallel
+    how = f"{_gb(report.checkpoint_bytes)} / {shards}"
+    if report.offload is not None:
+        how = "non-expert tensors split over the GPUs + experts placed in VRAM"
+    table.add_row("weights", _gb(report.weights_per_gpu_bytes), how)
+    table.add_row("reserve", _gb(report.reserve_per_gpu_bytes), "activations, CUDA graphs, NCCL")
+    table.add_row(
+        "KV cache",
+        _gb(report.kv_per_gpu_bytes()),
+        f"{report.kv_bytes_per_token_per_gpu:,.0f} B/token ({report.kv_cache_dtype}) "
+        f"x {report.chosen_context:,} x {report.concurrency}",
+    )
+    table.add_row("left over", _gb(report.free_per_gpu_bytes()), "")
+    table.add_row("largest context", f"{report.max_context_fit:,}", "that fits one sequence")
+    table.add_row(
+        "context chosen", f"{report.chosen_context:,}", f"requested {report.requested_context:,}"
+    )
+    table.add_row("concurrency", str(report.concurrency), "full-length sequences at once")
+    if report.offload is not None:
+        o = report.offload
+        table.add_row("MoE experts", _gb(o.expert_bytes_total), f"{o.moe_layers} MoE layers")
+        table.add_row("  in VRAM", _gb(o.experts_in_vram_bytes), "")
+        table.add_row("  in RAM", _gb(o.experts_in_ram_bytes), f"--n-cpu-moe {o.n_cpu_moe}")
+        ram = "unknown" if o.ram_available_bytes is None else _gb(o.ram_available_bytes)
+        table.add_row("RAM needed", _gb(o.ram_needed_bytes), f"of {ram}")
+    out.print(table)
+    for reason in report.reasons:
+        out.print(f"[red]✗[/] {escape(reason)}")
+
+
+def plan(result: Plan, profile: Profile) -> None:
+    """Print a plan: header, fit, steps with their commands, warnings."""
+    out = console()
+    out.print(
+        f"[bold]Plan[/] {escape(result.name)}: profile [bold]{escape(result.profile)}[/] "
+        f"({escape(profile.model.name)}, {escape(profile.checkpoint.quant)}) with "
+        f"{result.engine} {escape(result.engine_version)} on {escape(result.host)}"
+    )
+    fit_table(result.fit, profile)
+    out.print("[bold]Steps[/]")
+    for number, step in enumerate(result.steps, 1):
+        out.print(f" {number}. [bold]{escape(step.title)}[/]")
+        if step.detail:
+            out.print(f"    {escape(step.detail)}", soft_wrap=True)
+        if step.check:
+            out.print(f"    [dim]skip when:[/] {escape(step.check)}", soft_wrap=True)
+        for command in step.commands:
+            out.print(f"    [cyan]$[/] {escape(command)}", soft_wrap=True)
+    for warning in result.warnings:
+        out.print(f"[yellow]⚠[/] {escape(warning)}", soft_wrap=True)
+
+
+def findings(items: Sequence[Finding], source: str) -> None:
+    """Print log findings, root cause first, each with its evidence and fix."""
+    out = console()
+    if not items:
+        out.print(f"[green]✓[/] No known failure found in {escape(source)}.")
+        return
+    for index, finding in enumerate(items):
+        label = "root cause" if index == 0 else "also"
+        out.print(f"[red]✗[/] [bold]{finding.cause}[/] ({label}): {escape(finding.summary)}")
+        out.print(f"    line {finding.line}: [dim]{escape(finding.evidence)}[/]", soft_wrap=True)
+        out.print(f"    [bold]fix:[/] {escape(finding.fix)}", soft_wrap=True)
