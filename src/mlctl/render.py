@@ -29,7 +29,7 @@ def console() -> Console:
 def profile_row(profile: Profile, origin: str, path: str) -> dict[str, Any]:
     """One profile as a flat row for ``profiles list``."""
     hw = profile.hardware
-    gpus = f"{hw.gpus_per_node}x {hw.gpu}" + (f" x{hw.nodes} nodes" if hw.nodes > 1 else "")
+    gpus = (f"{hw.nodes}x" if hw.nodes > 1 else "") + f"{hw.gpus_per_node}x{hw.gpu}"
     return {
         "name": profile.name,
         "model": profile.model.name,
@@ -45,32 +45,34 @@ def profile_row(profile: Profile, origin: str, path: str) -> dict[str, Any]:
 
 
 def profiles_table(rows: Sequence[dict[str, Any]]) -> None:
-    """Print the profiles list."""
-    table = Table(title="Profiles", title_justify="left")
-    for column in ("name", "model", "quant", "engine", "gpus", "context", "origin"):
-        table.add_column(column)
+    """Print the profiles list (one line each; `profiles show NAME` for the rest)."""
+    table = Table(title="Profiles", title_justify="left", box=None, pad_edge=False)
+    show_origin = any(row["origin"] != "builtin" for row in rows)
+    columns = ["name", "engine", "gpus", "checkpoint", "context"]
+    for column in columns + (["origin"] if show_origin else []):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
     for row in rows:
+        origin = [row["origin"]] if show_origin else []
         if "error" in row:
-            table.add_row(
-                escape(row["name"]),
-                f"[red]invalid: {escape(row['error'])}[/]",
-                "",
-                "",
-                "",
-                "",
-                row["origin"],
-            )
+            table.add_row(row["name"], "[red]invalid[/]", "", "", "", *origin)
             continue
         table.add_row(
             row["name"],
-            escape(row["model"]),
-            f"{row['quant']} ({row['size_gb']:g} GB)",
             row["engine"],
             row["gpus"],
-            f"{row['max_model_len']:,}",
-            row["origin"],
+            f"{row['quant']} {row['size_gb']:g} GB",
+            _tokens(row["max_model_len"]),
+            *origin,
         )
-    console().print(table)
+    out = console()
+    out.print(table)
+    for row in rows:
+        if "error" in row:
+            out.print(f"[red]✗[/] {escape(row['error'])}", soft_wrap=True)
+
+
+def _tokens(value: int) -> str:
+    return f"{value // 1024}K" if value % 1024 == 0 else f"{value:,}"
 
 
 def _gb(value: float) -> str:

@@ -28,8 +28,9 @@ def _outcome(case: dict[str, Any]) -> dict[str, Any]:
     profile = profiles.load(case["profile"])
     facts = HostFacts.model_validate(case["facts"])
     try:
-        plan = build_plan(profile, facts, name=case.get("name"),
-                          max_model_len=case.get("max_model_len"))
+        plan = build_plan(
+            profile, facts, name=case.get("name"), max_model_len=case.get("max_model_len")
+        )
     except FitError as exc:
         return {"error": "FitError", "message": exc.message}
     return {

@@ -30,9 +30,22 @@ def test_every_figure_has_a_source_comment(name: str) -> None:
     """Each line carrying a number in a built-in profile also carries a comment."""
     path = profiles.find(name).path
     missing = []
-    numeric_keys = ("size_gb", "vram_gb", "ram_gb", "disk_gb", "gpus_per_node", "layers",
-                    "kv_lora_rank", "qk_rope_head_dim", "num_kv_heads", "max_context",
-                    "max_model_len", "version", "min_compute_capability", "expert_bytes_fraction")
+    numeric_keys = (
+        "size_gb",
+        "vram_gb",
+        "ram_gb",
+        "disk_gb",
+        "gpus_per_node",
+        "layers",
+        "kv_lora_rank",
+        "qk_rope_head_dim",
+        "num_kv_heads",
+        "max_context",
+        "max_model_len",
+        "version",
+        "min_compute_capability",
+        "expert_bytes_fraction",
+    )
     for number, line in enumerate(path.read_text().splitlines(), 1):
         key = line.strip().split(":", 1)[0]
         if key in numeric_keys and "#" not in line:
@@ -156,3 +169,10 @@ def test_schema_is_json_schema() -> None:
     json.dumps(schema)
     assert schema["title"] == "mlctl profile"
     assert {"model", "checkpoint", "hardware", "engine", "serve"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples" / "profiles").glob("*.yaml"))
+)
+def test_example_profiles_validate(path: Path) -> None:
+    assert profiles.load(str(path)).name == path.stem
