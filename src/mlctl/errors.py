@@ -59,3 +59,7 @@ class HealthError(MlctlError):
 
 class StateError(MlctlError):
     """Local state (saved hosts, deployments) is unreadable or inconsistent."""
+
+
+class SandboxError(MlctlError):
+    """The sandbox host could not be started, reached or stopped."""

@@ -275,12 +275,10 @@ def builtin_dir() -> Path:
 
 
 def user_dir() -> Path:
-    """Return the directory of the user's own profiles."""
-    home = os.environ.get("MLCTL_HOME")
-    if home:
-        return Path(home) / "config" / "profiles"
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "mlctl" / "profiles"
+    """Return the directory of the user's own profiles (``<config dir>/profiles``)."""
+    from mlctl.paths import config_dir
+
+    return config_dir() / "profiles"
 
 
 def _scan(directory: Path, origin: Literal["builtin", "user"]) -> Iterator[ProfileEntry]:
