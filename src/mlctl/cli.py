@@ -41,8 +41,35 @@ profiles_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(profiles_app, name="profiles")
+hosts_app = typer.Typer(
+    help="Saved hosts and their pinned host keys.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(hosts_app, name="hosts")
+sandbox_app = typer.Typer(
+    help="A simulated GPU host on loopback (real sshd, stand-in engines, local Hub).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(sandbox_app, name="sandbox")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+HostKeyPolicyOpt = Annotated[
+    str,
+    typer.Option(
+        "--host-key-policy",
+        help="accept-new: pin a new host's key, refuse a changed one; strict: refuse unknown keys.",
+    ),
+]
+
+
+def _policy(value: str) -> Any:
+    from mlctl.hosts.known_hosts import POLICIES
+
+    if value not in POLICIES:
+        raise UsageError(
+            f"--host-key-policy {value!r} is not a policy.", f"Use one of: {', '.join(POLICIES)}."
+        )
+    return value
 
 
 def _print_json(data: Any) -> None:
@@ -156,6 +183,33 @@ def _assumed_facts(profile: Profile, gpus: str | None, nodes: int | None) -> Hos
     )
 
 
+def _host_facts(host: str, policy: str) -> HostFacts:
+    from mlctl.gather import gather_facts
+    from mlctl.hosts.open import open_connector
+
+    conn = open_connector(host, host_key_policy=_policy(policy))
+    try:
+        return gather_facts(conn)
+    finally:
+        conn.close()
+
+
+@app.command()
+def facts(
+    host: Annotated[str, typer.Option(help="Saved host name, ssh alias, user@host:port or local.")],
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+    as_json: JsonOpt = False,
+) -> None:
+    """Gather a host's facts in one round trip: GPUs, driver, RAM, disk, engines."""
+    from mlctl import render
+
+    data = _host_facts(host, host_key_policy)
+    if as_json:
+        _print_json(data.model_dump())
+    else:
+        render.facts(data, host)
+
+
 @app.command()
 def plan(
     profile_name: Annotated[
@@ -166,6 +220,13 @@ def plan(
         typer.Option(help="Assume these GPUs instead of the profile's, e.g. 8xH100-80GB."),
     ] = None,
     nodes: Annotated[int | None, typer.Option(help="Assume this many nodes.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Plan against this host's real GPUs (saved name, alias, user@host:port)."
+        ),
+    ] = None,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
     max_model_len: Annotated[
         int | None, typer.Option(help="Request this context length instead of the profile's.")
     ] = None,
@@ -179,7 +240,12 @@ def plan(
     from mlctl.plan import build_plan, fit_error_json, plan_json
 
     profile = profiles.load(profile_name)
-    facts = _assumed_facts(profile, gpus, nodes)
+    if host and (gpus or nodes):
+        raise UsageError(
+            "--host plans against the host's real GPUs; --gpus/--nodes describe assumed ones.",
+            "Pass either --host or --gpus/--nodes, not both.",
+        )
+    facts = _host_facts(host, host_key_policy) if host else _assumed_facts(profile, gpus, nodes)
     if max_model_len is not None and max_model_len < 256:
         raise UsageError(f"--max-model-len {max_model_len} is too small.", "Use 256 or more.")
     try:
@@ -208,23 +274,50 @@ def doctor(
         Path | None,
         typer.Option("--log", help="Diagnose this engine or Hub log file ('-' for stdin)."),
     ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Check this host (saved name, alias, user@host:port).")
+    ] = None,
+    profile_name: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Check the host against this profile.")
+    ] = None,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
     as_json: JsonOpt = False,
 ) -> None:
-    """Find the root cause in a log and say how to fix it (exit 1 when a failure is found)."""
+    """Check a host against a profile, or find the root cause in a log (exit 1 on failure)."""
     from mlctl import diagnose, render
 
-    if log is None:
+    if log is None and host is None:
         raise UsageError(
-            "Nothing to check: `mlctl doctor` needs --log FILE for now.",
-            "Pass the engine's log, e.g. `mlctl doctor --log server.log`.",
+            "Nothing to check: pass --host HOST [--profile P] or --log FILE.",
+            "e.g. `mlctl doctor --host sandbox --profile a100-nvfp4` or "
+            "`mlctl doctor --log server.log`.",
         )
-    text = _read_log(log)
-    findings = diagnose.diagnose(text)
+    if log is not None:
+        text = _read_log(log)
+        findings = diagnose.diagnose(text)
+        if as_json:
+            _print_json(diagnose.to_json(findings))
+        else:
+            render.findings(findings, str(log))
+        if findings:
+            raise typer.Exit(1)
+        return
+    assert host is not None
+    from mlctl import profiles
+    from mlctl.doctor import run_doctor
+
+    profile = profiles.load(profile_name) if profile_name else None
+    report = run_doctor(
+        host,
+        profile,
+        alternatives=_all_profiles(),
+        host_key_policy=_policy(host_key_policy),
+    )
     if as_json:
-        _print_json(diagnose.to_json(findings))
+        _print_json(report.to_json())
     else:
-        render.findings(findings, str(log))
-    if findings:
+        render.checks(report.checks, host)
+    if report.status == "fail":
         raise typer.Exit(1)
 
 
@@ -242,6 +335,169 @@ def _read_log(path: Path) -> str:
             f"Cannot read log file {path}: {exc.strerror or exc}.",
             "Check the file's permissions.",
         ) from None
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+@hosts_app.command("add", context_settings={"ignore_unknown_options": True})
+def hosts_add(
+    name: Annotated[str, typer.Argument(help="A name to use with --host.")],
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            help="The ssh command your provider shows (after --), or user@host:port.",
+            metavar="-- SSH_COMMAND...",
+        ),
+    ],
+    replace: Annotated[bool, typer.Option(help="Overwrite a saved host of this name.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Save a host from the ssh command line a provider shows you."""
+    from mlctl.hosts import saved
+    from mlctl.hosts.target import parse_ssh_command, parse_target
+
+    if command and command[0] == "ssh":
+        target = parse_ssh_command(command)
+    elif len(command) == 1:
+        target = parse_target(command[0])
+    else:
+        raise UsageError(
+            f"Cannot read {' '.join(command)!r} as a host.",
+            "Paste the provider's ssh command after --, e.g. "
+            "`mlctl hosts add gpu1 -- ssh -p 40022 root@ssh4.vast.ai`, or give user@host:port.",
+        )
+    saved.add(name, target, replace=replace)
+    if as_json:
+        _print_json({"name": name, **target.to_dict()})
+    else:
+        typer.echo(f"Saved host {name}: {target.display()}")
+
+
+@hosts_app.command("list")
+def hosts_list(as_json: JsonOpt = False) -> None:
+    """List saved hosts."""
+    from mlctl.hosts import saved
+
+    hosts = saved.list_hosts()
+    if as_json:
+        _print_json([{"name": n, **t.to_dict()} for n, t in sorted(hosts.items())])
+        return
+    if not hosts:
+        typer.echo("No saved hosts. Add one with `mlctl hosts add NAME -- ssh ...`.")
+    for name, target in sorted(hosts.items()):
+        typer.echo(f"{name:<20} {target.display()}")
+
+
+@hosts_app.command("show")
+def hosts_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one saved host."""
+    from mlctl.errors import StateError
+    from mlctl.hosts import saved
+
+    target = saved.get(name)
+    if target is None:
+        raise StateError(f"No saved host named {name!r}.", "See `mlctl hosts list`.")
+    data = {"name": name, **target.to_dict()}
+    if as_json:
+        _print_json(data)
+    else:
+        for key, value in data.items():
+            typer.echo(f"{key}: {value}")
+
+
+@hosts_app.command("remove")
+def hosts_remove(name: str) -> None:
+    """Forget a saved host (its pinned key stays until `hosts forget-key`)."""
+    from mlctl.errors import StateError
+    from mlctl.hosts import saved
+
+    if not saved.remove(name):
+        raise StateError(f"No saved host named {name!r}.", "See `mlctl hosts list`.")
+    typer.echo(f"Removed host {name}.")
+
+
+@hosts_app.command("forget-key")
+def hosts_forget_key(
+    host: Annotated[str, typer.Argument(help="Saved name, alias or host[:port].")],
+) -> None:
+    """Forget the pinned host key (after a box was re-rented behind the same address)."""
+    from mlctl.hosts import known_hosts, saved
+
+    target = saved.resolve(host)
+    removed = known_hosts.forget(target.host, target.port)
+    entry = known_hosts.host_entry(target.host, target.port)
+    if removed:
+        typer.echo(f"Forgot {removed} key(s) for {entry}; the next connection pins the new key.")
+    else:
+        typer.echo(f"No key pinned by mlctl for {entry}.")
+
+
+# --------------------------------------------------------------------------- sandbox
+
+SandboxNameOpt = Annotated[str, typer.Option("--name", help="Sandbox (and saved host) name.")]
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    gpus: Annotated[str, typer.Option(help="Simulated GPUs, e.g. 8xA100-80GB.")] = "8xA100-80GB",
+    name: SandboxNameOpt = "sandbox",
+    no_engines: Annotated[
+        bool, typer.Option("--no-engines", help="Start without vllm/ollama/llama-server.")
+    ] = False,
+    paramiko_server: Annotated[
+        bool,
+        typer.Option("--paramiko-server", help="Use mlctl's built-in SSH server, not OpenSSH."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the sandbox host and save it as a host named `sandbox` (or --name)."""
+    from mlctl.sandbox import host as sandbox
+
+    info = sandbox.up(name, gpus, engines=not no_engines, force_paramiko=paramiko_server)
+    if as_json:
+        _print_json(info.to_json())
+        return
+    typer.echo(
+        f"Sandbox {info.name} is up: {info.gpus} behind "
+        f"{'OpenSSH sshd' if info.ssh_server == 'openssh' else 'mlctl paramiko SSH server'} "
+        f"at {info.user}@{info.host}:{info.port}, Hub at {info.hub_url}."
+    )
+    engines = ", ".join(f"{e} ({kind})" for e, kind in info.engines.items())
+    typer.echo(f"Engines: {engines}. Use it with --host {info.name}.")
+
+
+@sandbox_app.command("down")
+def sandbox_down(
+    name: SandboxNameOpt = "sandbox",
+    purge: Annotated[bool, typer.Option(help="Also delete its state directory.")] = False,
+) -> None:
+    """Stop everything the sandbox started and forget its host entry."""
+    from mlctl.sandbox import host as sandbox
+
+    info = sandbox.down(name, purge=purge)
+    typer.echo(f"Sandbox {name} stopped." if info else f"No sandbox named {name}.")
+
+
+@sandbox_app.command("status")
+def sandbox_status(name: SandboxNameOpt = "sandbox", as_json: JsonOpt = False) -> None:
+    """Is the sandbox running, where, and which engines are real or stand-ins."""
+    from mlctl.sandbox import host as sandbox
+
+    data = sandbox.status(name)
+    if as_json:
+        _print_json(data)
+    elif not data["running"] and "port" not in data:
+        typer.echo(f"No sandbox named {name}. Start one with `mlctl sandbox up`.")
+    else:
+        state = "running" if data["running"] else "NOT running (run `mlctl sandbox up`)"
+        typer.echo(f"Sandbox {name}: {state}")
+        for key in ("gpus", "ssh_server", "host", "port", "user", "key_path", "hub_url", "home"):
+            typer.echo(f"  {key}: {data[key]}")
+        for engine, kind in data["engines"].items():
+            typer.echo(f"  {engine}: {kind}")
+    if not data["running"]:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- entry point

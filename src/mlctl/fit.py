@@ -103,6 +103,7 @@ class FitReport(BaseModel):
     concurrency: int
     fits: bool
     reasons: list[str] = Field(default_factory=list)
+    disk_reason: str | None = None
     warnings: list[str] = Field(default_factory=list)
     offload: OffloadSplit | None = None
 
@@ -311,6 +312,7 @@ def compute_fit(profile: Profile, facts: HostFacts, max_model_len: int | None = 
         concurrency=concurrency if not reasons else 0,
         fits=not reasons,
         reasons=reasons,
+        disk_reason=disk_reason,
         warnings=warnings,
         offload=offload,
     )

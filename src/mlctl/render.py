@@ -156,3 +156,61 @@ def findings(items: Sequence[Finding], source: str) -> None:
         out.print(f"[red]✗[/] [bold]{finding.cause}[/] ({label}): {escape(finding.summary)}")
         out.print(f"    line {finding.line}: [dim]{escape(finding.evidence)}[/]", soft_wrap=True)
         out.print(f"    [bold]fix:[/] {escape(finding.fix)}", soft_wrap=True)
+
+
+_MARKS = {"ok": "[green]✓[/]", "warn": "[yellow]⚠[/]", "fail": "[red]✗[/]"}
+
+
+def checks(items: Sequence[Any], host: str) -> None:
+    """Print doctor's checks, one line each with its fix under it."""
+    out = console()
+    out.print(f"[bold]Doctor[/] {escape(host)}")
+    for check in items:
+        out.print(
+            f" {_MARKS[check.status]} {escape(check.title)}: {escape(check.detail)}",
+            soft_wrap=True,
+        )
+        if check.fix and check.status != "ok":
+            out.print(f"     [bold]fix:[/] {escape(check.fix)}", soft_wrap=True)
+
+
+def facts(data: Any, host: str) -> None:
+    """Print a host's facts for a person."""
+    out = console()
+    out.print(
+        f"[bold]Facts[/] {escape(host)} ({escape(data.hostname or '?')}, "
+        f"{escape(data.os or 'unknown OS')})"
+    )
+    if data.nvidia_smi == "ok":
+        out.print(
+            f"  GPUs: {escape(data.gpu_summary())}; driver {data.driver_version}, "
+            f"CUDA {data.cuda_version}"
+        )
+        for gpu in data.gpus:
+            cc = gpu.compute_capability or "?"
+            out.print(
+                f"    {gpu.index}: {escape(gpu.name)}, {gpu.memory_total_mib} MiB, cc {cc}"
+                + (f", MIG {gpu.mig_mode}" if gpu.mig_mode not in (None, "", "[N/A]") else "")
+            )
+    else:
+        out.print(
+            f"  GPUs: nvidia-smi {data.nvidia_smi}"
+            + (f": {escape(data.nvidia_smi_error)}" if data.nvidia_smi_error else "")
+        )
+    gb = 1_000_000_000
+    ram = "?" if data.ram_total_bytes is None else f"{data.ram_total_bytes / gb:,.1f} GB"
+    if (
+        data.ram_cgroup_limit_bytes
+        and data.ram_host_bytes
+        and (data.ram_cgroup_limit_bytes < data.ram_host_bytes)
+    ):
+        ram += f" (container limit; host {data.ram_host_bytes / gb:,.0f} GB)"
+    out.print(f"  CPUs: {data.cpu_count or '?'}; RAM: {ram}")
+    shm = "?" if data.shm_bytes is None else f"{data.shm_bytes / 1024**3:,.1f} GiB"
+    out.print(f"  /dev/shm: {shm}")
+    for path, free in data.disk_free_bytes.items():
+        out.print(f"  disk free at {escape(path)}: {free / gb:,.1f} GB")
+    tools = ", ".join(f"{k} {v}" for k, v in data.tools.items() if v) or "none"
+    out.print(f"  tools: {escape(tools)}")
+    if data.deployments:
+        out.print(f"  mlctl deployments: {escape(', '.join(data.deployments))}")

@@ -1,0 +1,291 @@
+"""The sandbox host: a simulated GPU node on loopback, behind a real SSH server.
+
+``up`` starts, on 127.0.0.1 only: an SSH server running as the current user
+(OpenSSH ``sshd`` when installed, else mlctl's paramiko server) with fresh keys,
+a local Hugging Face Hub, and stand-ins for ``nvidia-smi``, ``vllm``,
+``ollama`` and ``llama-server`` on the session's PATH. It saves itself as a host
+(default name ``sandbox``) so ``--host sandbox`` works everywhere. Everything
+lives in ``<state dir>/sandbox/<name>/``; ``down`` stops it by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlctl.errors import SandboxError
+from mlctl.gpus import parse_gpu_spec
+from mlctl.paths import state_dir
+
+DEFAULT_NAME = "sandbox"
+DEFAULT_GPUS = "8xA100-80GB"
+ENGINES = ("vllm", "ollama", "llama-server")
+
+
+@dataclass
+class SandboxInfo:
+    """How to reach a running sandbox, and what runs in it."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    key_path: str
+    hub_url: str
+    gpus: str
+    state_dir: str
+    home: str
+    ssh_server: str  # "openssh" or "paramiko"
+    sshd_pid: int
+    hub_pid: int
+    engines: dict[str, str] = field(
+        default_factory=dict
+    )  # engine -> "stand-in" | "real" | "absent"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data (``mlctl sandbox up --json``)."""
+        return asdict(self)
+
+
+def sandbox_dir(name: str) -> Path:
+    """The state directory of the sandbox called ``name``."""
+    return state_dir() / "sandbox" / name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load(name: str = DEFAULT_NAME) -> SandboxInfo | None:
+    """The recorded sandbox ``name``, or None when there is none."""
+    path = sandbox_dir(name) / "sandbox.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SandboxError(
+            f"The sandbox record {path} is unreadable: {exc}.",
+            f"Run `mlctl sandbox down --name {name}` to clean it up.",
+        ) from None
+    return SandboxInfo(**data)
+
+
+def is_running(info: SandboxInfo) -> bool:
+    """True when both the SSH server and the Hub of ``info`` are alive."""
+    return _pid_alive(info.sshd_pid) and _pid_alive(info.hub_pid)
+
+
+def _start_hub(state: Path, timeout: float = 10.0) -> tuple[int, str]:
+    record = state / "hub.json"
+    record.unlink(missing_ok=True)
+    log = open(state / "hub.log", "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlctl.sandbox.hub", "--state", str(state)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if record.exists():
+            try:
+                data = json.loads(record.read_text())
+                return int(data["pid"]), str(data["url"])
+            except (ValueError, KeyError):
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    tail = (state / "hub.log").read_text(errors="replace")[-400:]
+    raise SandboxError(
+        f"The sandbox's Hugging Face Hub did not start: {tail.strip() or 'no output'}.",
+        f"See {state / 'hub.log'}.",
+    )
+
+
+def _session_env(state: Path, home: Path, hub_url: str) -> dict[str, str]:
+    bin_dir = state / "bin"
+    return {
+        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        "HOME": str(home),
+        "MLCTL_SANDBOX_STATE": str(state),
+        "HF_ENDPOINT": hub_url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def up(
+    name: str = DEFAULT_NAME,
+    gpus: str = DEFAULT_GPUS,
+    *,
+    engines: bool = True,
+    force_paramiko: bool = False,
+) -> SandboxInfo:
+    """Start the sandbox (or, when it already runs, switch its GPUs) and save it as a host.
+
+    Raises SandboxError when a part does not start; what did start is stopped.
+    """
+    from mlctl.hosts import known_hosts, saved
+    from mlctl.hosts.target import SshTarget
+    from mlctl.sandbox.sshd import find_sshd, start_sshd
+    from mlctl.sandbox.standins.install import install_standins, write_gpus
+
+    count, model = parse_gpu_spec(gpus)
+    state = sandbox_dir(name)
+    existing = load(name)
+    if existing is not None and is_running(existing):
+        write_gpus(state, count, model)
+        existing.gpus = f"{count}x{model.key}"
+        _record(state, existing)
+        return existing
+    if existing is not None:
+        _stop_pids(existing)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = state / "home"
+    home.mkdir(exist_ok=True, mode=0o700)
+    bin_dir = state / "bin"
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    bin_dir.mkdir()
+    write_gpus(state, count, model)
+    installed = install_standins(bin_dir, python=sys.executable)
+    if not engines:
+        for path in installed:
+            if path.name in ENGINES:
+                path.unlink()
+    hub_pid, hub_url = _start_hub(state)
+    env = _session_env(state, home, hub_url)
+    try:
+        if find_sshd() and not force_paramiko:
+            server = start_sshd(state / "ssh", session_env=env)
+            kind = "openssh"
+        else:
+            from mlctl.sandbox.paramiko_server import start_paramiko_sshd
+
+            server = start_paramiko_sshd(state / "ssh", session_env=env)
+            kind = "paramiko"
+    except BaseException:
+        _kill(hub_pid)
+        raise
+    info = SandboxInfo(
+        name=name,
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        key_path=str(server.key_path),
+        hub_url=hub_url,
+        gpus=f"{count}x{model.key}",
+        state_dir=str(state),
+        home=str(home),
+        ssh_server=kind,
+        sshd_pid=server.pid,
+        hub_pid=hub_pid,
+        engines={e: ("stand-in" if engines else "absent") for e in ENGINES},
+    )
+    _record(state, info)
+    known_hosts.forget(server.host, server.port)
+    target = SshTarget(
+        host=server.host, port=server.port, user=server.user, identity_files=(str(server.key_path),)
+    )
+    saved.add(name, target, replace=True)
+    return info
+
+
+def _record(state: Path, info: SandboxInfo) -> None:
+    tmp = state / "sandbox.json.tmp"
+    tmp.write_text(json.dumps(info.to_json(), indent=2))
+    os.replace(tmp, state / "sandbox.json")
+
+
+def _kill(pid: int, timeout: float = 5.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_pids(info: SandboxInfo) -> None:
+    for pid in (info.sshd_pid, info.hub_pid):
+        _kill(pid)
+
+
+def _stop_engines(info: SandboxInfo) -> None:
+    """Stop engines the sandbox's deployments left running (their pidfiles)."""
+    root = Path(info.home) / ".mlctl" / "deployments"
+    for pidfile in root.glob("*/server.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.killpg(pid, signal.SIGTERM)
+        except (ValueError, OSError):
+            continue
+
+
+def down(name: str = DEFAULT_NAME, *, purge: bool = False) -> SandboxInfo | None:
+    """Stop everything sandbox ``name`` started (by pid) and forget its host entry.
+
+    Returns what was stopped, or None when there was no sandbox. ``purge``
+    also deletes its state directory.
+    """
+    from mlctl.hosts import known_hosts, saved
+
+    info = load(name)
+    if info is None:
+        return None
+    _stop_engines(info)
+    _stop_pids(info)
+    known_hosts.forget(info.host, info.port)
+    saved.remove(name)
+    state = sandbox_dir(name)
+    if purge:
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        (state / "sandbox.json").unlink(missing_ok=True)
+    return info
+
+
+def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
+    """What runs in sandbox ``name``: its record plus liveness of each part."""
+    info = load(name)
+    if info is None:
+        return {"name": name, "running": False}
+    return {
+        **info.to_json(),
+        "running": is_running(info),
+        "sshd_alive": _pid_alive(info.sshd_pid),
+        "hub_alive": _pid_alive(info.hub_pid),
+    }
