@@ -98,26 +98,14 @@ def _root(
 @profiles_app.command("list")
 def profiles_list(as_json: JsonOpt = False) -> None:
     """List built-in and user profiles (a user profile overrides a built-in one)."""
-    from mlctl import profiles, render
+    from mlctl import profile_index
+    from mlctl.render_plain import profiles_table
 
-    rows: list[dict[str, Any]] = []
-    for entry in profiles.list_entries():
-        try:
-            profile = profiles.load_file(entry.path)
-            rows.append(render.profile_row(profile, entry.origin, str(entry.path)))
-        except MlctlError as exc:
-            rows.append(
-                {
-                    "name": entry.name,
-                    "origin": entry.origin,
-                    "path": str(entry.path),
-                    "error": exc.message,
-                }
-            )
+    rows = profile_index.rows()
     if as_json:
         _print_json(rows)
     else:
-        render.profiles_table(rows)
+        profiles_table(rows)
     if any("error" in row for row in rows):
         raise typer.Exit(1)
 
@@ -449,12 +437,19 @@ def sandbox_up(
         bool,
         typer.Option("--paramiko-server", help="Use mlctl's built-in SSH server, not OpenSSH."),
     ] = False,
+    disk_gb: Annotated[
+        float, typer.Option(help="Simulated free disk under the sandbox home, GB.")
+    ] = 2000.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the sandbox host and save it as a host named `sandbox` (or --name)."""
     from mlctl.sandbox import host as sandbox
 
-    info = sandbox.up(name, gpus, engines=not no_engines, force_paramiko=paramiko_server)
+    if disk_gb <= 0:
+        raise UsageError(f"--disk-gb {disk_gb:g} is not a size.", "Pass a positive number of GB.")
+    info = sandbox.up(
+        name, gpus, engines=not no_engines, force_paramiko=paramiko_server, disk_gb=disk_gb
+    )
     if as_json:
         _print_json(info.to_json())
         return

@@ -26,55 +26,6 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def profile_row(profile: Profile, origin: str, path: str) -> dict[str, Any]:
-    """One profile as a flat row for ``profiles list``."""
-    hw = profile.hardware
-    gpus = (f"{hw.nodes}x" if hw.nodes > 1 else "") + f"{hw.gpus_per_node}x{hw.gpu}"
-    return {
-        "name": profile.name,
-        "model": profile.model.name,
-        "quant": profile.checkpoint.quant,
-        "size_gb": profile.checkpoint.size_gb,
-        "engine": f"{profile.engine.kind} {profile.engine.version}",
-        "gpus": gpus,
-        "max_model_len": profile.serve.max_model_len,
-        "origin": origin,
-        "path": path,
-        "description": profile.description,
-    }
-
-
-def profiles_table(rows: Sequence[dict[str, Any]]) -> None:
-    """Print the profiles list (one line each; `profiles show NAME` for the rest)."""
-    table = Table(title="Profiles", title_justify="left", box=None, pad_edge=False)
-    show_origin = any(row["origin"] != "builtin" for row in rows)
-    columns = ["name", "engine", "gpus", "checkpoint", "context"]
-    for column in columns + (["origin"] if show_origin else []):
-        table.add_column(column, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        origin = [row["origin"]] if show_origin else []
-        if "error" in row:
-            table.add_row(row["name"], "[red]invalid[/]", "", "", "", *origin)
-            continue
-        table.add_row(
-            row["name"],
-            row["engine"],
-            row["gpus"],
-            f"{row['quant']} {row['size_gb']:g} GB",
-            _tokens(row["max_model_len"]),
-            *origin,
-        )
-    out = console()
-    out.print(table)
-    for row in rows:
-        if "error" in row:
-            out.print(f"[red]✗[/] {escape(row['error'])}", soft_wrap=True)
-
-
-def _tokens(value: int) -> str:
-    return f"{value // 1024}K" if value % 1024 == 0 else f"{value:,}"
-
-
 def _gb(value: float) -> str:
     return f"{value / GB:,.1f} GB"
 

@@ -27,6 +27,8 @@ from mlctl.paths import state_dir
 
 DEFAULT_NAME = "sandbox"
 DEFAULT_GPUS = "8xA100-80GB"
+# The simulated disk under the sandbox's home: room for any built-in checkpoint.
+DEFAULT_DISK_GB = 2000.0
 ENGINES = ("vllm", "ollama", "llama-server")
 
 
@@ -46,9 +48,11 @@ class SandboxInfo:
     ssh_server: str  # "openssh" or "paramiko"
     sshd_pid: int
     hub_pid: int
-    engines: dict[str, str] = field(
-        default_factory=dict
-    )  # engine -> "stand-in" | "real" | "absent"
+    disk_gb: float = DEFAULT_DISK_GB
+    # engine -> "stand-in" | "real" | "absent"
+    engines: dict[str, str] = field(default_factory=dict)
+    # the SSH server's own record (SandboxSshd.to_dict), to rotate its host key
+    ssh: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready data (``mlctl sandbox up --json``)."""
@@ -136,12 +140,42 @@ def _session_env(state: Path, home: Path, hub_url: str) -> dict[str, str]:
     }
 
 
+def write_df_standin(bin_dir: Path, home: Path, disk_gb: float) -> Path:
+    """A ``df`` that reports a simulated disk of ``disk_gb`` for paths under ``home``.
+
+    Other paths (and /dev/shm) get the real ``df``. The facts probe runs
+    ``df -Pk DIR``, so the sandbox can present a rented box's big volume.
+    """
+    from mlctl import shell
+
+    real = shutil.which("df") or "/bin/df"
+    kib = int(disk_gb * 1e9 // 1024)
+    used = kib // 100
+    script = f"""#!/bin/sh
+# mlctl sandbox stand-in: simulated {disk_gb:g} GB disk under the sandbox home.
+last=""
+for arg in "$@"; do last=$arg; done
+case "$last" in
+  {shell.quote(str(home))}|{shell.quote(str(home))}/*)
+    printf 'Filesystem     1024-blocks      Used Available Capacity Mounted on\n'
+    printf 'sandbox-disk %s %s %s 1%% /\n' {kib} {used} {kib - used}
+    ;;
+  *) exec {shell.quote(real)} "$@" ;;
+esac
+"""
+    path = bin_dir / "df"
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
+
+
 def up(
     name: str = DEFAULT_NAME,
     gpus: str = DEFAULT_GPUS,
     *,
     engines: bool = True,
     force_paramiko: bool = False,
+    disk_gb: float = DEFAULT_DISK_GB,
 ) -> SandboxInfo:
     """Start the sandbox (or, when it already runs, switch its GPUs) and save it as a host.
 
@@ -171,6 +205,7 @@ def up(
     bin_dir.mkdir()
     write_gpus(state, count, model)
     installed = install_standins(bin_dir, python=sys.executable)
+    write_df_standin(bin_dir, home, disk_gb)
     if not engines:
         for path in installed:
             if path.name in ENGINES:
@@ -202,6 +237,8 @@ def up(
         ssh_server=kind,
         sshd_pid=server.pid,
         hub_pid=hub_pid,
+        disk_gb=disk_gb,
+        ssh=server.to_dict(),
         engines={e: ("stand-in" if engines else "absent") for e in ENGINES},
     )
     _record(state, info)
@@ -210,6 +247,37 @@ def up(
         host=server.host, port=server.port, user=server.user, identity_files=(str(server.key_path),)
     )
     saved.add(name, target, replace=True)
+    return info
+
+
+def rotate_host_key(name: str = DEFAULT_NAME) -> SandboxInfo:
+    """Give the running sandbox a new host key on the same port (a re-rented box).
+
+    Raises SandboxError when there is no running sandbox ``name``.
+    """
+    from mlctl.sandbox.sshd import SandboxSshd
+
+    info = load(name)
+    if info is None or not is_running(info) or info.ssh_server != "openssh":
+        raise SandboxError(
+            f"No running OpenSSH sandbox named {name!r}.", "Start one with `mlctl sandbox up`."
+        )
+    record = info.ssh
+    server = SandboxSshd(
+        host=str(record["host"]),
+        port=int(record["port"]),
+        user=str(record["user"]),
+        key_path=Path(record["key_path"]),
+        host_key_path=Path(record["host_key_path"]),
+        pid=int(record["pid"]),
+        config_path=Path(record["config_path"]),
+        state_dir=Path(record["state_dir"]),
+        sshd_path=str(record["sshd_path"]),
+    )
+    server.regenerate_host_key()
+    info.sshd_pid = server.pid
+    info.ssh = server.to_dict()
+    _record(Path(info.state_dir), info)
     return info
 
 
