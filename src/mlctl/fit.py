@@ -246,7 +246,8 @@ def compute_fit(profile: Profile, facts: HostFacts, max_model_len: int | None = 
         max_fit -= max_fit % CONTEXT_STEP
     chosen = min(requested, max_fit)
     all_usable = usable * shards
-    if gpu_weights_total + reserve * shards > all_usable and gpus:
+    layout_ok = engine != "vllm" or tp * pp <= gpus * facts.nodes
+    if gpu_weights_total + reserve * shards > all_usable and gpus and layout_ok:
         reasons.append(
             f"the weights ({_gb(gpu_weights_total)} GB) are more than the usable memory of all "
             f"{shards} GPUs ({_gb(all_usable)} GB) once {_gb(reserve)} GB per GPU is reserved"

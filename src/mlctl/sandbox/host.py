@@ -95,19 +95,19 @@ def is_running(info: SandboxInfo) -> bool:
 
 
 def _start_hub(state: Path, timeout: float = 10.0) -> tuple[int, str]:
+    """Start the sandbox Hub detached (it outlives this process); return (pid, url)."""
+    from mlctl import shell
+
     record = state / "hub.json"
     record.unlink(missing_ok=True)
-    log = open(state / "hub.log", "ab")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlctl.sandbox.hub", "--state", str(state)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    finally:
-        log.close()
+    argv = [sys.executable, "-m", "mlctl.sandbox.hub", "--state", str(state)]
+    log = shell.quote(str(state / "hub.log"))
+    setsid = "setsid " if shutil.which("setsid") else ""
+    subprocess.run(
+        ["/bin/sh", "-c", f"{setsid}{shell.join(argv)} >> {log} 2>&1 < /dev/null &"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if record.exists():
@@ -116,11 +116,12 @@ def _start_hub(state: Path, timeout: float = 10.0) -> tuple[int, str]:
                 return int(data["pid"]), str(data["url"])
             except (ValueError, KeyError):
                 pass
-        if proc.poll() is not None:
-            break
         time.sleep(0.05)
-    proc.kill()
-    tail = (state / "hub.log").read_text(errors="replace")[-400:]
+    tail = (
+        (state / "hub.log").read_text(errors="replace")[-400:]
+        if (state / "hub.log").exists()
+        else ""
+    )
     raise SandboxError(
         f"The sandbox's Hugging Face Hub did not start: {tail.strip() or 'no output'}.",
         f"See {state / 'hub.log'}.",
@@ -169,6 +170,28 @@ esac
     return path
 
 
+def write_python_tools(bin_dir: Path) -> list[Path]:
+    """``python3`` and ``hf`` on the sandbox PATH: this interpreter and its huggingface_hub.
+
+    A rented box has them (or mlctl installs them); the sandbox's sshd session
+    has a minimal PATH, so they are provided here as wrappers.
+    """
+    from mlctl import shell
+
+    python = shell.quote(sys.executable)
+    scripts = {
+        "python3": f'#!/bin/sh\nexec {python} "$@"\n',
+        "hf": f'#!/bin/sh\nexec {python} -m huggingface_hub.cli.hf "$@"\n',
+    }
+    paths = []
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(0o755)
+        paths.append(path)
+    return paths
+
+
 def up(
     name: str = DEFAULT_NAME,
     gpus: str = DEFAULT_GPUS,
@@ -206,6 +229,7 @@ def up(
     write_gpus(state, count, model)
     installed = install_standins(bin_dir, python=sys.executable)
     write_df_standin(bin_dir, home, disk_gb)
+    write_python_tools(bin_dir)
     if not engines:
         for path in installed:
             if path.name in ENGINES:
