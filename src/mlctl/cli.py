@@ -253,6 +253,260 @@ def plan(
         render.plan(result, profile)
 
 
+# --------------------------------------------------------------------------- deploy
+
+
+@app.command()
+def deploy(
+    profile_name: Annotated[
+        str, typer.Option("--profile", "-p", help="Profile name or YAML file.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Saved host name, ssh alias, user@host:port, sandbox or local.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Deployment name (default: the profile's name).")
+    ] = None,
+    local_port: Annotated[
+        int | None, typer.Option(help="Local port for the tunnel (default: the engine's).")
+    ] = None,
+    strict_port: Annotated[
+        bool, typer.Option(help="Fail when the local port is busy instead of taking the next.")
+    ] = False,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Request this context length instead of the profile's.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Return once ready instead of holding the tunnel open.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Gather facts, check and plan against the host; change nothing.")
+    ] = False,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy a profile to a host and open a private OpenAI-compatible endpoint on localhost."""
+    from mlctl import hubmeta, profiles
+    from mlctl.deploy import DeployOptions, NullReporter, run_deploy
+
+    profile = profiles.load(profile_name)
+    if local_port is not None and not 1024 <= local_port <= 65535:
+        raise UsageError(f"--local-port {local_port} is out of range.", "Use 1024-65535.")
+    options = DeployOptions(
+        name=name,
+        local_port=local_port,
+        strict_port=strict_port,
+        max_model_len=max_model_len,
+        hf_token=hubmeta.local_token(),
+        dry_run=dry_run,
+    )
+    if as_json:
+        reporter: Any = NullReporter()
+    else:
+        from mlctl.render_deploy import ConsoleReporter
+
+        reporter = ConsoleReporter()
+    session = run_deploy(
+        host,
+        profile,
+        options,
+        reporter=reporter,
+        alternatives=_all_profiles(),
+        host_key_policy=_policy(host_key_policy),
+    )
+    result = session.result
+    try:
+        if dry_run:
+            from mlctl import render
+            from mlctl.plan import plan_json
+
+            assert result.plan is not None
+            if as_json:
+                _print_json({**result.to_json(), "plan": plan_json(result.plan)})
+            else:
+                render.plan(result.plan, profile)
+            return
+        if as_json:
+            _print_json(result.to_json())
+        else:
+            from mlctl.render_deploy import handover
+
+            handover(result)
+        if detach or as_json:
+            return
+        sys.stderr.write(
+            f"Tunnel open on {result.endpoint}; press Ctrl-C to close it "
+            f"(the deployment keeps running; `mlctl tunnel {result.name}` reopens it).\n"
+        )
+        _wait_forever()
+    finally:
+        session.close()
+
+
+def _print_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _wait_forever() -> None:
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sys.stderr.write("Tunnel closed.\n")
+
+
+# --------------------------------------------------------------------------- day two
+
+
+def _record(name: str) -> Any:
+    from mlctl import state
+
+    return state.load(name)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="One deployment (default: all).")] = None,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+    as_json: JsonOpt = False,
+) -> None:
+    """Every deployment with its host, profile, port, live state, health and uptime."""
+    from mlctl import daytwo, state
+    from mlctl.hosts.open import open_connector
+
+    records = [state.load(name)] if name else state.list_records()
+    policy = _policy(host_key_policy)
+    found = daytwo.statuses(records, lambda h: open_connector(h, host_key_policy=policy))
+    if as_json:
+        _print_json([s.to_json() for s in found])
+    else:
+        from mlctl import render
+
+        render.statuses(found)
+    if name and found and found[0].state in ("exited", "unknown"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    tail: Annotated[int, typer.Option(help="Lines from the end.")] = 200,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+) -> None:
+    """The engine's log (server.log on the host), followed live with -f."""
+    from mlctl import daytwo
+    from mlctl.hosts.open import open_connector
+
+    if tail < 0:
+        raise UsageError(f"--tail {tail} is negative.", "Pass a number of lines, e.g. 200.")
+    record = _record(name)
+    conn = open_connector(record.host, host_key_policy=_policy(host_key_policy))
+    try:
+        command = daytwo.log_command(record, tail, follow)
+        if follow:
+            try:
+                conn.run_stream(command, _print_line)
+            except KeyboardInterrupt:
+                return
+        else:
+            sys.stdout.write(conn.run(command, timeout=60).stdout)
+    finally:
+        conn.close()
+
+
+@app.command()
+def stop(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    purge: Annotated[
+        bool, typer.Option(help="Also delete the deployment's directory and local record.")
+    ] = False,
+    purge_model: Annotated[
+        bool, typer.Option(help="Also delete the downloaded model files on the host.")
+    ] = False,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+) -> None:
+    """Stop a deployment: SIGTERM to its process group, SIGKILL after a timeout."""
+    from mlctl import daytwo, state
+    from mlctl.hosts.open import open_connector
+
+    record = _record(name)
+    conn = open_connector(record.host, host_key_policy=_policy(host_key_policy))
+    try:
+        outcome = daytwo.stop(conn, record, purge=purge, purge_model=purge_model)
+    finally:
+        conn.close()
+    if purge:
+        state.remove(name)
+    words = {
+        "terminated": "stopped",
+        "killed": "killed after it ignored SIGTERM",
+        "not-running": "was not running",
+        "not-started": "was never started",
+    }
+    typer.echo(
+        f"Deployment {name} {words.get(outcome, outcome)}"
+        + ("; its files are removed." if purge else ".")
+    )
+
+
+@app.command()
+def tunnel(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    local_port: Annotated[
+        int | None, typer.Option(help="Local port (default: the deployment's).")
+    ] = None,
+    strict_port: Annotated[
+        bool, typer.Option(help="Fail when the local port is busy instead of taking the next.")
+    ] = False,
+    print_ssh: Annotated[
+        bool, typer.Option("--print-ssh", help="Print the equivalent OpenSSH command and exit.")
+    ] = False,
+    host_key_policy: HostKeyPolicyOpt = "accept-new",
+) -> None:
+    """Forward 127.0.0.1:PORT here to the deployment's engine; Ctrl-C closes it."""
+    from mlctl.hosts.open import open_connector
+    from mlctl.tunnel import Tunnel
+
+    record = _record(name)
+    port = local_port or record.local_port
+    if print_ssh:
+        from mlctl.hosts import saved
+
+        target = saved.resolve(record.host)
+        argv = ["ssh", "-N", "-L", f"127.0.0.1:{port}:127.0.0.1:{record.remote_port}"]
+        if target.port != 22:
+            argv += ["-p", str(target.port)]
+        for key in target.identity_files:
+            argv += ["-i", key]
+        if target.proxy_jump:
+            argv += ["-J", target.proxy_jump]
+        argv.append(f"{target.user}@{target.host}" if target.user else target.host)
+        from mlctl import shell
+
+        typer.echo(shell.join(argv))
+        return
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    conn = open_connector(record.host, host_key_policy=_policy(host_key_policy))
+    forward = Tunnel(conn, record.remote_port, local_port=port, strict_port=strict_port)
+    try:
+        bound = forward.start()
+        moved = f" ({port} was busy)" if bound != port else ""
+        sys.stderr.write(
+            f"Tunnel: http://127.0.0.1:{bound}/v1{moved} -> {record.host} port "
+            f"{record.remote_port}. Ctrl-C closes it.\n"
+        )
+        _wait_forever()
+    finally:
+        forward.stop()
+        conn.close()
+
+
 # --------------------------------------------------------------------------- doctor
 
 
@@ -445,7 +699,7 @@ def sandbox_up(
     """Start the sandbox host and save it as a host named `sandbox` (or --name)."""
     from mlctl.sandbox import host as sandbox
 
-    if disk_gb <= 0:
+    if not disk_gb > 0:
         raise UsageError(f"--disk-gb {disk_gb:g} is not a size.", "Pass a positive number of GB.")
     info = sandbox.up(
         name, gpus, engines=not no_engines, force_paramiko=paramiko_server, disk_gb=disk_gb

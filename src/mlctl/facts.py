@@ -66,6 +66,7 @@ class HostFacts(BaseModel):
     # tool -> version ("unknown" when present but unparsable), None when not on PATH
     tools: dict[str, str | None] = Field(default_factory=dict)
     root: str | None = None
+    hf_endpoint: str | None = None  # HF_ENDPOINT on the host, when set
     deployments: list[str] = Field(default_factory=list)
     # what the parser could not make sense of (kept, not fatal)
     warnings: list[str] = Field(default_factory=list)
@@ -263,6 +264,7 @@ def facts_from_probe(data: Mapping[str, object]) -> HostFacts:
         shm_bytes=shm,
         tools=tools,
         root=_str(data, "root"),
+        hf_endpoint=_str(data, "hf_endpoint") or None,
         deployments=sorted(deployments),
         warnings=warnings,
     )

@@ -7,13 +7,14 @@ and the commands that do the work, all built from quoted parts.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from mlctl import shell
 from mlctl.backends import backend_for
-from mlctl.backends.base import LaunchSpec, RemoteLayout
+from mlctl.backends.base import DownloadSpec, InstallSpec, LaunchSpec, RemoteLayout
 from mlctl.errors import FitError
 from mlctl.facts import HostFacts
 from mlctl.fit import GB, FitReport, compute_fit, profiles_that_fit, require_fit
@@ -44,6 +45,7 @@ class Plan(BaseModel):
     layout_root: str
     fit: FitReport
     launch: LaunchSpec
+    downloads: list[DownloadSpec] = Field(default_factory=list)
     steps: list[Step]
     warnings: list[str] = Field(default_factory=list)
 
@@ -79,6 +81,19 @@ def quant_warnings(profile: Profile, facts: HostFacts, report: FitReport) -> lis
     return warnings
 
 
+ENGINE_TOOLS = {"vllm": "vllm", "ollama": "ollama", "llamacpp": "llama-server"}
+
+
+def installed_engine(profile: Profile, facts: HostFacts) -> str | None:
+    """The engine command already on the host's PATH at the pinned version, else None."""
+    tool = ENGINE_TOOLS[profile.engine.kind]
+    found = facts.tools.get(tool)
+    if found is None:
+        return None
+    want = profile.engine.version.lstrip("v")
+    return tool if found.lstrip("v") == want else None
+
+
 def _cc(value: str) -> tuple[int, int]:
     major, _, minor = value.partition(".")
     try:
@@ -111,6 +126,15 @@ def build_plan(
     install = backend.install(profile, layout)
     downloads = backend.downloads(profile, layout)
     launch = backend.launch(profile, facts, report, layout, name)
+    on_path = installed_engine(profile, facts)
+    if on_path is not None:
+        install = InstallSpec(
+            description=f"{on_path} {profile.engine.version} is already on the host's PATH",
+            check=f"command -v {shell.quote(on_path)} >/dev/null 2>&1",
+            commands=[],
+            binary=on_path,
+        )
+        launch = replace(launch, argv=[on_path, *launch.argv[1:]])
 
     steps: list[Step] = [
         Step(
@@ -128,7 +152,7 @@ def build_plan(
             commands=install.commands,
         ),
     ]
-    hf_bin = backend.hf_binary(profile, layout)
+    hf_bin = "hf" if facts.tools.get("hf") else backend.hf_binary(profile, layout)
     for spec in downloads:
         steps.append(
             Step(
@@ -209,6 +233,7 @@ def build_plan(
         layout_root=layout.root,
         fit=report,
         launch=launch,
+        downloads=downloads,
         steps=steps,
         warnings=warnings,
     )

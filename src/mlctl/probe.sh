@@ -219,6 +219,8 @@ main() {
     fi
     add_str "root" "$root"
     add "deployments" "[$deps]"
+    # where this host's Hugging Face client downloads from (a mirror, or the sandbox Hub)
+    add_str "hf_endpoint" "${HF_ENDPOINT:-}"
 
     printf '{%s}\n' "$OUT"
 }

@@ -165,3 +165,31 @@ def facts(data: Any, host: str) -> None:
     out.print(f"  tools: {escape(tools)}")
     if data.deployments:
         out.print(f"  mlctl deployments: {escape(', '.join(data.deployments))}")
+
+
+def statuses(items: Sequence[Any]) -> None:
+    """Print ``mlctl status``: one line per deployment, the cause under a failed one."""
+    out = console()
+    if not items:
+        out.print("No deployments. Start one with `mlctl deploy --profile P --host H`.")
+        return
+    colors = {
+        "running": "green",
+        "starting": "yellow",
+        "exited": "red",
+        "stopped": "dim",
+        "unknown": "red",
+    }
+    for s in items:
+        r = s.record
+        uptime = f", up {s.uptime_s}s" if s.uptime_s is not None else ""
+        code = f", exit code {s.exit_code}" if s.state == "exited" else ""
+        out.print(
+            f"[{colors[s.state]}]{s.state:>8}[/] [bold]{escape(r.name)}[/] {escape(r.profile)} "
+            f"on {escape(r.host)} -> http://127.0.0.1:{r.local_port}/v1{uptime}{code}"
+        )
+        if s.error:
+            out.print(f"          [red]{escape(s.error)}[/]", soft_wrap=True)
+        if s.cause:
+            out.print(f"          {s.cause}: {escape(s.evidence or '')}", soft_wrap=True)
+            out.print(f"          [bold]fix:[/] {escape(s.fix or '')}", soft_wrap=True)

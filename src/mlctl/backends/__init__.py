@@ -19,6 +19,8 @@ class Backend(Protocol):
 
     def hf_binary(self, profile: Profile, layout: RemoteLayout) -> str: ...
 
+    def phases(self) -> list[tuple[str, str]]: ...
+
     def launch(
         self,
         profile: Profile,

@@ -126,3 +126,12 @@ def launch(
         port=serve.port,
         health_path="/health",
     )
+
+
+def phases() -> list[tuple[str, str]]:
+    """Startup phases as (name, regex on a log line), in the order llama-server logs them."""
+    return [
+        ("loading weights", r"load_model: loading model|llama_model_loader: loaded meta data"),
+        ("warming up", r"initializing slots|warming up the model"),
+        ("serving", r"server is listening on|HTTP server is listening"),
+    ]

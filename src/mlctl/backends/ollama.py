@@ -76,3 +76,8 @@ def launch(
 def hf_binary(profile: Profile, layout: RemoteLayout) -> str:
     """Ollama fetches from its own registry; no ``hf`` CLI is used."""
     return ""
+
+
+def phases() -> list[tuple[str, str]]:
+    """Startup phases as (name, regex on a log line) of ``ollama serve``."""
+    return [("serving", r"Listening on")]

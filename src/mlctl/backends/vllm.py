@@ -153,3 +153,14 @@ def launch(
         port=serve.port,
         health_path="/health",
     )
+
+
+def phases() -> list[tuple[str, str]]:
+    """Startup phases as (name, regex on a log line), in the order vLLM logs them."""
+    return [
+        ("starting", r"Starting vLLM API server|vLLM API server version"),
+        ("loading weights", r"Loading safetensors checkpoint shards|Loading weights took"),
+        ("profiling memory", r"Memory profiling takes|Available KV cache memory"),
+        ("capturing CUDA graphs", r"Capturing CUDA graph|Graph capturing finished"),
+        ("serving", r"Application startup complete|Uvicorn running on"),
+    ]

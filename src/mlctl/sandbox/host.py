@@ -279,25 +279,14 @@ def rotate_host_key(name: str = DEFAULT_NAME) -> SandboxInfo:
 
     Raises SandboxError when there is no running sandbox ``name``.
     """
-    from mlctl.sandbox.sshd import SandboxSshd
+    from mlctl.sandbox.paramiko_server import sandbox_sshd_from_dict
 
     info = load(name)
-    if info is None or not is_running(info) or info.ssh_server != "openssh":
+    if info is None or not is_running(info):
         raise SandboxError(
-            f"No running OpenSSH sandbox named {name!r}.", "Start one with `mlctl sandbox up`."
+            f"No running sandbox named {name!r}.", "Start one with `mlctl sandbox up`."
         )
-    record = info.ssh
-    server = SandboxSshd(
-        host=str(record["host"]),
-        port=int(record["port"]),
-        user=str(record["user"]),
-        key_path=Path(record["key_path"]),
-        host_key_path=Path(record["host_key_path"]),
-        pid=int(record["pid"]),
-        config_path=Path(record["config_path"]),
-        state_dir=Path(record["state_dir"]),
-        sshd_path=str(record["sshd_path"]),
-    )
+    server = sandbox_sshd_from_dict(info.ssh)
     server.regenerate_host_key()
     info.sshd_pid = server.pid
     info.ssh = server.to_dict()

@@ -1,0 +1,477 @@
+"""A local port forwarder over a ``Connector``: 127.0.0.1:PORT → host's ``remote_host:port``.
+
+One accept thread; per accepted client a channel from ``conn.open_forward`` and
+two pump threads, one per direction, so a slow client only ever stalls its own
+connection. End-of-stream is forwarded as a half-close (like OpenSSH), and a
+connection is closed once both directions are done or either fails. The
+listener binds 127.0.0.1 and nothing else.
+
+The low-latency settings (TCP_NODELAY on the SSH socket, a pty-holding session)
+belong to the connector; here TCP_NODELAY is set on each accepted local socket.
+Reconnecting after a lost transport is not done here yet: channels that fail
+to open close their client cleanly and the listener keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import sys
+import threading
+import time
+from types import TracebackType
+
+from mlctl.errors import UsageError
+from mlctl.hosts.base import Connector, StreamChannel
+
+LOCALHOST = "127.0.0.1"
+_CHUNK = 65536
+_JOIN_TIMEOUT = 2.0
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- ports
+
+
+def _listener_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if sys.platform == "win32":
+        # On Windows SO_REUSEADDR lets a second socket steal a port in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+    else:
+        # Lets a restarted tunnel rebind while old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+def _bind(port: int, host: str = LOCALHOST) -> socket.socket:
+    """Return a socket bound (not yet listening) to ``host:port``; OSError when not possible."""
+    sock = _listener_socket()
+    try:
+        sock.bind((host, port))
+        if sys.platform != "linux" and port and _accepts_connections(host, port):
+            # BSD/macOS let a specific address shadow a wildcard listener; refuse that.
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    # Called while our socket is bound but not listening: whoever accepts is someone else.
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def port_is_free(port: int, host: str = LOCALHOST) -> bool:
+    """Return True when a listener could bind ``host:port`` now (same options as the tunnel's)."""
+    try:
+        _bind(port, host).close()
+    except OSError:
+        return False
+    return True
+
+
+def find_free_port(start: int, host: str = LOCALHOST, tries: int = 50) -> int:
+    """Return the first port from ``start`` up (at most ``tries`` ports) that is free on ``host``.
+
+    Raises UsageError when none of them is free.
+    """
+    last = min(start + tries, 65536)
+    for port in range(start, last):
+        if port_is_free(port, host):
+            return port
+    raise UsageError(
+        f"no free local port on {host} between {start} and {last - 1}",
+        "pass another --local-port, or stop what holds these ports",
+    )
+
+
+def port_holder(port: int) -> str | None:
+    """Say what listens on TCP ``port`` on this machine, best effort (Linux /proc only).
+
+    Returns ``"pid 123 (python3 -m http.server)"``, ``"a process of uid 1001"``
+    when the socket belongs to a process we cannot inspect, or None when it
+    cannot tell.
+    """
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            try:
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes[fields[9]] = int(fields[7])
+            except ValueError:
+                continue
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in wanted:
+                    return f"pid {pid} ({_command_line(pid)})"
+            except OSError:
+                continue
+    uid = next(iter(inodes.values()))
+    return f"a process of uid {uid}"
+
+
+def _command_line(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        text = " ".join(a.decode("utf-8", "replace") for a in argv if a)
+    except OSError:
+        text = ""
+    if not text:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+                text = fh.read().strip()
+        except OSError:
+            text = "?"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------- one forwarded connection
+
+
+def _wake(stream: StreamChannel | socket.socket) -> None:
+    """Unblock any thread reading or writing ``stream`` without freeing its descriptor."""
+    try:
+        stream.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed, or the transport is gone
+        pass
+    if not isinstance(stream, socket.socket):
+        # A paramiko channel's recv() wakes only on close(); it owns no descriptor to reuse.
+        _close(stream)
+
+
+def _close(stream: StreamChannel | socket.socket) -> None:
+    try:
+        stream.close()
+    except Exception:  # closing must never raise out of a pump
+        pass
+
+
+class _Link:
+    """One client socket and its forwarded channel."""
+
+    def __init__(self, client: socket.socket, peer: str) -> None:
+        self.client = client
+        self.peer = peer
+        self.channel: StreamChannel | None = None
+        self.lock = threading.Lock()
+        self.aborted = False
+
+    def abort(self) -> None:
+        with self.lock:
+            self.aborted = True
+            channel = self.channel
+        _wake(self.client)
+        if channel is not None:
+            _wake(channel)
+
+    def close(self) -> None:
+        _close(self.client)
+        if self.channel is not None:
+            _close(self.channel)
+
+
+def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket) -> bool:
+    """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False."""
+    try:
+        while True:
+            data = src.recv(_CHUNK)
+            if not data:
+                break
+            dst.sendall(data)
+    except Exception as exc:  # socket, EOF or paramiko errors end this link
+        log.debug("tunnel pump stopped: %s", exc)
+        return False
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except Exception:  # peer already gone
+        pass
+    return True
+
+
+def _pump_back(link: _Link, channel: StreamChannel) -> None:
+    # A failing channel (transport lost) must also end the client's side, or it would hang.
+    if not _pump(channel, link.client):
+        link.abort()
+
+
+# ---------------------------------------------------------------- the tunnel
+
+
+class Tunnel:
+    """Forward ``127.0.0.1:local_port`` to ``remote_host:remote_port`` as the host sees it.
+
+    ``local_port=0`` picks a free port. When the requested port is busy the
+    tunnel takes the next free one up from it and records ``moved_from`` (and
+    ``holder``, what held it, when that can be told), or raises UsageError with
+    ``strict_port``. Use as a context manager, or call ``start`` and ``stop``.
+    """
+
+    def __init__(
+        self,
+        conn: Connector,
+        remote_port: int,
+        *,
+        remote_host: str = LOCALHOST,
+        local_port: int = 0,
+        strict_port: bool = False,
+    ) -> None:
+        if not 0 <= local_port <= 65535:
+            raise UsageError(f"invalid local port {local_port}", "use a port from 1024 to 65535")
+        self.conn = conn
+        self.remote_host = remote_host
+        self.remote_port = remote_port
+        self.local_port = local_port
+        self.strict_port = strict_port
+        self.moved_from: int | None = None
+        self.holder: str | None = None
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._links: set[_Link] = set()
+        self._threads: set[threading.Thread] = set()
+        self._accept_thread: threading.Thread | None = None
+
+    # -- public
+
+    @property
+    def url(self) -> str:
+        """Return ``http://127.0.0.1:PORT`` for the local end."""
+        return f"http://{LOCALHOST}:{self.local_port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Return the (address, port) the listener is bound to; RuntimeError when not started."""
+        if self._listener is None:
+            raise RuntimeError("tunnel not started")
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def active_connections(self) -> int:
+        """Return how many client connections are being forwarded now."""
+        with self._lock:
+            return len(self._links)
+
+    def start(self) -> int:
+        """Bind 127.0.0.1, start accepting, and return the local port.
+
+        Raises UsageError when the port is busy and ``strict_port`` is set, when
+        no free port is found near it, or when it cannot be bound at all
+        (a privileged port, for instance). RuntimeError when already started.
+        """
+        if self._accept_thread is not None:
+            raise RuntimeError("tunnel already started")
+        listener = self._open_listener()
+        listener.listen(128)
+        listener.setblocking(False)
+        self.local_port = listener.getsockname()[1]
+        self._listener = listener
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping.clear()
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"mlctl-tunnel-{self.local_port}", daemon=True
+        )
+        self._accept_thread.start()
+        log.debug(
+            "tunnel %s -> %s:%d on %s",
+            self.url,
+            self.remote_host,
+            self.remote_port,
+            self.conn.description,
+        )
+        return self.local_port
+
+    def stop(self) -> None:
+        """Close the listener and every forwarded connection, and join the threads.
+
+        Safe to call more than once, and before ``start``.
+        """
+        self._stopping.set()
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+        if self._accept_thread is not None:
+            self._accept_thread.join(_JOIN_TIMEOUT)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            links = list(self._links)
+            threads = list(self._threads)
+        for link in links:
+            link.abort()
+        deadline = time.monotonic() + _JOIN_TIMEOUT
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
+        self._accept_thread = None
+        self._listener = None
+
+    def __enter__(self) -> Tunnel:
+        if self._accept_thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- binding
+
+    def _open_listener(self) -> socket.socket:
+        wanted = self.local_port
+        try:
+            return _bind(wanted)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or wanted == 0:
+                raise _bind_error(wanted, exc) from exc
+        holder = port_holder(wanted)
+        held = f"in use by {holder}" if holder else "in use"
+        if self.strict_port:
+            raise UsageError(
+                f"local port {wanted} on {LOCALHOST} is {held}",
+                "stop what holds it, or choose another port (or drop --strict-port to take "
+                "the next free one)",
+            )
+        last = min(wanted + 50, 65536)
+        for port in range(wanted + 1, last):
+            try:
+                sock = _bind(port)
+            except OSError:
+                continue
+            self.moved_from = wanted
+            self.holder = holder
+            log.info("local port %d is %s; using %d", wanted, held, port)
+            return sock
+        raise UsageError(
+            f"local port {wanted} is {held}, and so are the ports up to {last - 1}",
+            "choose another --local-port",
+        )
+
+    # -- threads
+
+    def _accept_loop(self) -> None:
+        listener, wake = self._listener, self._wake_r
+        assert listener is not None and wake is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ, "accept")
+            sel.register(wake, selectors.EVENT_READ, "wake")
+            while not self._stopping.is_set():
+                for key, _ in sel.select():
+                    if key.data == "wake":
+                        return
+                    try:
+                        client, addr = listener.accept()
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        if self._stopping.is_set():
+                            return
+                        # e.g. out of file descriptors: don't spin on a readable listener
+                        log.warning("tunnel %s: cannot accept a connection: %s", self.url, exc)
+                        time.sleep(0.1)
+                        continue
+                    self._serve(client, f"{addr[0]}:{addr[1]}")
+
+    def _serve(self, client: socket.socket, peer: str) -> None:
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = _Link(client, peer)
+        thread = threading.Thread(target=self._run_link, args=(link,), daemon=True)
+        with self._lock:
+            if self._stopping.is_set():
+                _close(client)
+                return
+            self._links.add(link)
+            self._threads.add(thread)
+        thread.start()
+
+    def _open_channel(self) -> StreamChannel:
+        return self.conn.open_forward(self.remote_host, self.remote_port)
+
+    def _run_link(self, link: _Link) -> None:
+        back: threading.Thread | None = None
+        try:
+            try:
+                channel = self._open_channel()
+            except Exception as exc:  # report, close the client, keep serving
+                log.info(  # expected while an engine is still loading (its port is closed)
+                    "tunnel %s: cannot open %s:%d on %s: %s",
+                    self.url,
+                    self.remote_host,
+                    self.remote_port,
+                    self.conn.description,
+                    getattr(exc, "message", None) or exc,
+                )
+                return
+            channel.settimeout(None)
+            with link.lock:
+                link.channel = channel
+                aborted = link.aborted
+            if aborted:
+                return
+            back = threading.Thread(target=_pump_back, args=(link, channel), daemon=True)
+            with self._lock:
+                self._threads.add(back)
+            back.start()
+            if not _pump(link.client, channel):
+                link.abort()
+            back.join()
+        finally:
+            link.close()
+            with self._lock:
+                self._links.discard(link)
+                self._threads.discard(threading.current_thread())
+                if back is not None:
+                    self._threads.discard(back)
+
+
+def _bind_error(port: int, exc: OSError) -> UsageError:
+    if exc.errno == errno.EACCES:
+        return UsageError(
+            f"not allowed to bind {LOCALHOST}:{port} ({exc.strerror})",
+            "ports below 1024 need privileges; choose a port from 1024 to 65535",
+        )
+    return UsageError(f"cannot bind {LOCALHOST}:{port}: {exc}", "choose another --local-port")
