@@ -358,6 +358,29 @@ def _wait_forever() -> None:
         sys.stderr.write("Tunnel closed.\n")
 
 
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    profile_name: Annotated[
+        str, typer.Option("--profile", "-p", help="Profile to deploy to the sandbox.")
+    ] = "a100-nvfp4",
+    keep: Annotated[
+        bool, typer.Option(help="Leave the sandbox and the deployment running afterwards.")
+    ] = False,
+    paramiko_server: Annotated[
+        bool,
+        typer.Option("--paramiko-server", help="Use mlctl's built-in SSH server, not OpenSSH."),
+    ] = False,
+) -> None:
+    """The whole flow on this machine: sandbox host, deploy, chat through the tunnel, stop."""
+    from mlctl import profiles
+    from mlctl.demo import run_demo
+
+    run_demo(profiles.load(profile_name), keep=keep, paramiko_server=paramiko_server)
+
+
 # --------------------------------------------------------------------------- day two
 
 

@@ -46,7 +46,15 @@ def status_script(root: str, nonce: str, tail_lines: int = LOG_TAIL_LINES) -> st
             f'  printf "%s %s\\n" {q(mark + "-name")} "$name"',
             '  pid=$(cat "$d/server.pid" 2>/dev/null | tr -dc 0-9)',
             "  alive=0",
-            '  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then alive=1; fi',
+            # alive only if the pid is still OUR wrapper (its cwd is the deployment dir):
+            # a stale pid file's number may belong to an unrelated process by now
+            '  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then',
+            '    if [ -d "/proc/$pid" ]; then',
+            '      [ "$(readlink "/proc/$pid/cwd")" = "$(cd "$d" && pwd -P)" ] && alive=1',
+            "    else",
+            '      ps -o args= -p "$pid" 2>/dev/null | grep -q run.sh && alive=1',
+            "    fi",
+            "  fi",
             f'  printf "%s %s %s\\n" {q(mark + "-pid")} "$alive" "${{pid:--}}"',
             '  if [ -f "$d/exit_code" ]; then',
             f'    printf "%s %s\\n" {q(mark + "-exit")} "$(cat "$d/exit_code" | tr -dc 0-9-)"',

@@ -43,23 +43,36 @@ def start_command(deploy_dir: str) -> str:
     )
 
 
-def alive_command(deploy_dir: str) -> str:
-    """Exit 0 when the deployment's process group is alive."""
+def _ours_prelude(deploy_dir: str) -> str:
+    """Shell that sets ``pid`` from server.pid and defines ``alive``: true only for OUR process.
+
+    A pid file can outlive its process (a crash, a reboot) and the number can be
+    reused by an unrelated process, even one leading its own process group; a
+    signal to it would hit a stranger. So ``alive`` also checks that the
+    process's working directory is the deployment directory (the wrapper ``cd``s
+    there), via /proc, or its command line where there is no /proc.
+    """
     d = shell.quote(deploy_dir)
     return (
-        f'pid=$(cat {d}/server.pid 2>/dev/null | tr -dc 0-9); [ -n "$pid" ] && '
-        '{ kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }'
+        f"pid=$(cat {d}/server.pid 2>/dev/null | tr -dc 0-9); "
+        f"dir=$(cd {d} 2>/dev/null && pwd -P); "
+        "alive() { "
+        '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1; '
+        'if [ -d "/proc/$pid" ]; then [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$dir" ]; '
+        "else ps -o args= -p \"$pid\" 2>/dev/null | grep -q 'run.sh'; fi; }; "
     )
 
 
+def alive_command(deploy_dir: str) -> str:
+    """Exit 0 when the deployment's own process (the session leader) is alive."""
+    return _ours_prelude(deploy_dir) + "alive"
+
+
 def stop_command(deploy_dir: str, timeout: float = 20.0) -> str:
-    """SIGTERM the process group, wait up to ``timeout`` s, then SIGKILL. Prints what it did."""
-    d = shell.quote(deploy_dir)
+    """SIGTERM our process group, wait up to ``timeout`` s, then SIGKILL. Prints what it did."""
     ticks = max(1, int(timeout * 10))
     return (
-        f"pid=$(cat {d}/server.pid 2>/dev/null | tr -dc 0-9); "
-        'if [ -z "$pid" ]; then echo "not-started"; exit 0; fi; '
-        'alive() { kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }; '
+        _ours_prelude(deploy_dir) + 'if [ -z "$pid" ]; then echo "not-started"; exit 0; fi; '
         'if ! alive; then echo "not-running"; exit 0; fi; '
         'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; '
         f"i=0; while alive && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; "

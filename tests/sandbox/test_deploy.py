@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlctl import daytwo, health, profiles, state
+from mlctl import daytwo, health, profiles, state, supervise
 from mlctl.cli import main
 from mlctl.deploy import DeployError, DeployOptions, Session, run_deploy
 from mlctl.errors import HubError, MlctlError
@@ -60,12 +60,8 @@ def _clean(sandbox: host.SandboxInfo) -> Iterator[None]:
             daytwo.stop(conn, record, purge=True)
             state.remove(record.name)
         root = Path(sandbox.home) / ".mlctl" / "deployments"
-        for pidfile in root.glob("*/server.pid"):
-            subprocess.run(
-                ["kill", "-KILL", f"-{pidfile.read_text().strip()}"],
-                capture_output=True,
-                check=False,
-            )
+        for directory in root.glob("*/"):  # failed deploys leave no record
+            conn.run(supervise.stop_command(str(directory)), timeout=60)
     finally:
         conn.close()
 

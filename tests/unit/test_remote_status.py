@@ -22,7 +22,12 @@ def _make(root: Path, name: str, *, pid: int | None, exit_code: str | None, log:
 def test_reports_alive_dead_and_log_tails(tmp_path: Path) -> None:
     root = tmp_path / "root dir"
     nonce = new_nonce()
-    _make(root, "alive", pid=os.getpid(), exit_code=None, log="INFO ready\n")
+    _make(root, "alive", pid=None, exit_code=None, log="INFO ready\n")
+    # the wrapper runs in its deployment directory: that is how "alive" is recognised
+    ours = subprocess.Popen(["sleep", "30"], cwd=root / "deployments" / "alive")
+    (root / "deployments" / "alive" / "server.pid").write_text(f"{ours.pid}\n")
+    # a live pid that is NOT ours (this test process) must not count as alive
+    _make(root, "stale", pid=os.getpid(), exit_code=None, log="")
     # a log line that imitates a marker with another nonce must stay a log line
     fake = "@@mlctl-0000000000000000-name evil\n"
     _make(
@@ -32,13 +37,21 @@ def test_reports_alive_dead_and_log_tails(tmp_path: Path) -> None:
         exit_code="1",
         log="line one\n" + fake + "torch.OutOfMemoryError: CUDA out of memory.\n",
     )
-    out = subprocess.run(
-        ["sh", "-c", status_script(str(root), nonce)], capture_output=True, text=True, check=True
-    ).stdout
+    try:
+        out = subprocess.run(
+            ["sh", "-c", status_script(str(root), nonce)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        ours.kill()
+        ours.wait()
     found = {d.name: d for d in parse_status(out, nonce)}
-    assert set(found) == {"alive", "crashed"}
-    assert found["alive"].alive and found["alive"].pid == os.getpid()
+    assert set(found) == {"alive", "crashed", "stale"}
+    assert found["alive"].alive and found["alive"].pid == ours.pid
     assert found["alive"].exit_code is None and found["alive"].log_tail == "INFO ready"
+    assert not found["stale"].alive
     crashed = found["crashed"]
     assert not crashed.alive and crashed.exit_code == 1
     assert "evil" in crashed.log_tail and "CUDA out of memory" in crashed.log_tail

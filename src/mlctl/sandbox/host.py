@@ -320,17 +320,39 @@ def _kill(pid: int, timeout: float = 5.0) -> None:
         pass
 
 
+def _is_ours(pid: int, needle: str) -> bool:
+    """True when process ``pid`` still runs a command line containing ``needle``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        done = subprocess.run(
+            ["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False
+        )
+        cmdline = done.stdout
+    return needle in cmdline
+
+
 def _stop_pids(info: SandboxInfo) -> None:
-    for pid in (info.sshd_pid, info.hub_pid):
-        _kill(pid)
+    """Stop the SSH server and the Hub, checking first that the pids are still theirs."""
+    if _is_ours(info.hub_pid, "mlctl.sandbox.hub"):
+        _kill(info.hub_pid)
+    ssh_marker = str(info.ssh.get("config_path") or info.state_dir)
+    if _is_ours(info.sshd_pid, ssh_marker) or _is_ours(info.sshd_pid, info.state_dir):
+        _kill(info.sshd_pid)
 
 
 def _stop_engines(info: SandboxInfo) -> None:
-    """Stop engines the sandbox's deployments left running (their pidfiles)."""
+    """Stop engines the sandbox's deployments left running (their pidfiles).
+
+    Only a pid whose working directory is still its deployment directory is
+    signalled: a stale pid file's number may belong to an unrelated process.
+    """
     root = Path(info.home) / ".mlctl" / "deployments"
     for pidfile in root.glob("*/server.pid"):
         try:
             pid = int(pidfile.read_text().strip())
+            if os.path.realpath(f"/proc/{pid}/cwd") != os.path.realpath(pidfile.parent):
+                continue
             os.killpg(pid, signal.SIGTERM)
         except (ValueError, OSError):
             continue
