@@ -50,3 +50,9 @@ def sandbox(sandbox_home: Path) -> Iterator[host.SandboxInfo]:
             yield info
         finally:
             host.down("sandbox", purge=True)
+
+
+@pytest.fixture(scope="module")
+def sshd_required() -> None:
+    """Skip (or, in CI, fail) without an sshd binary."""
+    require_sshd()

@@ -170,6 +170,22 @@ esac
     return path
 
 
+def write_installers(bin_dir: Path) -> list[Path]:
+    """Stand-in ``uv`` and ``curl`` that install the stand-in engines (``--no-engines``)."""
+    from mlctl import shell
+
+    python = shell.quote(sys.executable)
+    paths = []
+    for tool in ("uv", "curl"):
+        path = bin_dir / tool
+        path.write_text(
+            f'#!/bin/sh\nexec {python} -m mlctl.sandbox.standins.installers {tool} "$@"\n'
+        )
+        path.chmod(0o755)
+        paths.append(path)
+    return paths
+
+
 def write_python_tools(bin_dir: Path) -> list[Path]:
     """``python3`` and ``hf`` on the sandbox PATH: this interpreter and its huggingface_hub.
 
@@ -234,6 +250,7 @@ def up(
         for path in installed:
             if path.name in ENGINES:
                 path.unlink()
+        write_installers(bin_dir)
     hub_pid, hub_url = _start_hub(state)
     env = _session_env(state, home, hub_url)
     try:
@@ -263,7 +280,7 @@ def up(
         hub_pid=hub_pid,
         disk_gb=disk_gb,
         ssh=server.to_dict(),
-        engines={e: ("stand-in" if engines else "absent") for e in ENGINES},
+        engines={e: ("stand-in" if engines else "absent (installable)") for e in ENGINES},
     )
     _record(state, info)
     known_hosts.forget(server.host, server.port)
