@@ -407,25 +407,42 @@ class Deployer:
     def _run_download(self, spec: DownloadSpec, command: str, state_dir: str) -> None:
         d = shell.quote(state_dir)
         local = shell.quote(spec.local_dir)
-        # Start unless a download of this repo is already running (a re-run after Ctrl-C).
+        # The wrapper records its own pid ($$) and, at the end, the exit code; it runs in
+        # its own session (setsid) so nothing of ours outlives a kill of its group. A
+        # download already running (a re-run after Ctrl-C or a cut connection) is joined.
+        wrapper = shell.quote(
+            "echo $$ > pid.tmp && mv pid.tmp pid; " + command + "; echo $? > rc.tmp && mv rc.tmp rc"
+        )
+        alive = (
+            'p=$(cat pid 2>/dev/null | tr -dc 0-9); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && '
+            '{ [ ! -d "/proc/$p" ] || [ "$(readlink "/proc/$p/cwd")" = "$(pwd -P)" ]; }'
+        )
         start = (
             f"mkdir -p {d} {local} && cd {d} && "
-            'if [ -f pid ] && kill -0 "$(cat pid)" 2>/dev/null; then echo running; else '
-            "rm -f rc && "
-            f"nohup sh -c {shell.quote(command + '; echo $? > rc.tmp && mv rc.tmp rc')} "
-            "> log 2>&1 < /dev/null & echo $! > pid; echo started; fi"
+            f"if {alive}; then echo running; else "
+            "rm -f rc pid; "
+            "if command -v setsid >/dev/null 2>&1; then S=setsid; else S=; fi; "
+            f"{{ $S nohup sh -c {wrapper} > log 2>&1 < /dev/null & }}; "
+            "i=0; while [ ! -s pid ] && [ $i -lt 100 ]; do sleep 0.02; i=$((i+1)); done; "
+            "echo started; fi"
         )
         self.conn.run(start, check=True, timeout=30)
         poll = (
-            f"cat {d}/rc 2>/dev/null || echo -; "
+            f"cd {d} && if [ -f rc ]; then cat rc; elif {alive}; then echo -; else echo dead; fi; "
             f"du -sb {local} 2>/dev/null | cut -f1 || echo 0; "
-            f"tail -n 5 {d}/log 2>/dev/null"
+            "tail -n 5 log 2>/dev/null"
         )
         while True:
             out = self.conn.run(poll, timeout=60).stdout.split("\n", 2)
             rc = out[0].strip() if out else "-"
             size = int(out[1].strip()) if len(out) > 1 and out[1].strip().isdigit() else 0
             self.reporter.progress(spec.repo, min(size, spec.size_bytes), spec.size_bytes)
+            if rc == "dead":
+                raise HubError(
+                    f"The download of {spec.repo} on the host stopped before it finished "
+                    "(the process was killed, or the host restarted).",
+                    "Run the deploy again: it resumes, and finished files are kept.",
+                )
             if rc != "-":
                 break
             time.sleep(DOWNLOAD_POLL)

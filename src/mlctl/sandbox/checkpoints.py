@@ -417,6 +417,26 @@ def large_file_repo(
     return HubRepo(repo_id, [HubFile.synthetic(path, size, seed=f"{repo_id}/{path}")])
 
 
+RESUMABLE_REPO_ID = "mlctl-sandbox/resumable-model"
+
+
+def resumable_repo(
+    repo_id: str = RESUMABLE_REPO_ID,
+    sizes: tuple[int, ...] = (4_000_000, 40_000_000, 40_000_000),
+) -> HubRepo:
+    """An HF-layout repo with one small and some large synthetic shards (interruption tests).
+
+    Large shards exceed huggingface_hub's 10 MiB download chunk, so an interrupted shard
+    is visibly partial while the small one is already complete; the content is
+    synthetic, not loadable weights.
+    """
+    files = [_json_file("config.json", {"architectures": ["MistralForCausalLM"]})]
+    for k, size in enumerate(sizes, 1):
+        name = f"model-{k:05d}-of-{len(sizes):05d}.safetensors"
+        files.append(HubFile.synthetic(name, size, seed=f"{repo_id}/{name}"))
+    return HubRepo(repo_id, files)
+
+
 def gated_repo(repo_id: str = GATED_REPO_ID) -> HubRepo:
     """Return a small gated Mistral-format repo: files need a valid token."""
     return mistral_repo(repo_id, _SMALL_GQA, gated=True)

@@ -94,13 +94,17 @@ def is_running(info: SandboxInfo) -> bool:
     return _pid_alive(info.sshd_pid) and _pid_alive(info.hub_pid)
 
 
-def _start_hub(state: Path, timeout: float = 10.0) -> tuple[int, str]:
+def _start_hub(
+    state: Path, timeout: float = 10.0, throttle_bps: int | None = None
+) -> tuple[int, str]:
     """Start the sandbox Hub detached (it outlives this process); return (pid, url)."""
     from mlctl import shell
 
     record = state / "hub.json"
     record.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "mlctl.sandbox.hub", "--state", str(state)]
+    if throttle_bps:
+        argv += ["--throttle", str(int(throttle_bps))]
     log = shell.quote(str(state / "hub.log"))
     setsid = "setsid " if shutil.which("setsid") else ""
     subprocess.run(
@@ -215,6 +219,7 @@ def up(
     engines: bool = True,
     force_paramiko: bool = False,
     disk_gb: float = DEFAULT_DISK_GB,
+    hub_throttle_bps: int | None = None,
 ) -> SandboxInfo:
     """Start the sandbox (or, when it already runs, switch its GPUs) and save it as a host.
 
@@ -251,7 +256,7 @@ def up(
             if path.name in ENGINES:
                 path.unlink()
         write_installers(bin_dir)
-    hub_pid, hub_url = _start_hub(state)
+    hub_pid, hub_url = _start_hub(state, throttle_bps=hub_throttle_bps)
     env = _session_env(state, home, hub_url)
     try:
         if find_sshd() and not force_paramiko:

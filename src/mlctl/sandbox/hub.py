@@ -252,6 +252,7 @@ class HubServer:
         self.valid_tokens = frozenset(valid_tokens)
         self.throttle_bps = throttle_bps
         self.request_log: list[RequestRecord] = []
+        self.request_log_path: Path | None = None
         self._repos: dict[str, HubRepo] = {}
         self._failures: dict[tuple[str, str], list[int]] = {}
         self._lock = threading.Lock()
@@ -370,6 +371,9 @@ class HubServer:
     def _log(self, record: RequestRecord) -> None:
         with self._lock:
             self.request_log.append(record)
+            if self.request_log_path is not None:  # for tests of a Hub in another process
+                with self.request_log_path.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(record._asdict()) + "\n")
 
 
 class _HubError(Exception):
@@ -662,7 +666,12 @@ def default_repos() -> list[HubRepo]:
     """Return what the sandbox serves: every built-in profile's repo, the gated and HF repos."""
     from mlctl.sandbox import checkpoints
 
-    return [*checkpoints.builtin_repos(), checkpoints.gated_repo(), checkpoints.hf_format_repo()]
+    return [
+        *checkpoints.builtin_repos(),
+        checkpoints.gated_repo(),
+        checkpoints.hf_format_repo(),
+        checkpoints.resumable_repo(),
+    ]
 
 
 def _write_state(path: Path, payload: dict[str, Any]) -> None:
@@ -705,6 +714,8 @@ def serve_forever_cli(argv: Sequence[str] | None = None) -> int:
 
     tokens = args.token or [SANDBOX_TOKEN]
     server = HubServer(default_repos(), args.host, args.port, tokens, args.throttle)
+    if args.state is not None:
+        server.request_log_path = args.state / "hub-requests.jsonl"
     server.start()
     state_path = None
     try:
