@@ -7,26 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mlctl import profiles
-from mlctl.cli import main
+
+Cli = Callable[[list[str]], tuple[int, str, str]]
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_plan_default_profile_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["plan", "--json"], capsys)
+def test_plan_default_profile_json(run_cli: Cli) -> None:
+    code, out, _ = run_cli(["plan", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["profile"] == "a100-nvfp4" and data["engine"] == "vllm" and data["fits"] is True
@@ -35,8 +27,8 @@ def test_plan_default_profile_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["launch"]["env"]["VLLM_API_KEY"] == "<secret>"
 
 
-def test_plan_human_output(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["plan", "--profile", "a100-nvfp4"], capsys)
+def test_plan_human_output(run_cli: Cli) -> None:
+    code, out, _ = run_cli(["plan", "--profile", "a100-nvfp4"])
     assert code == 0
     assert "Memory fit" in out and "vllm serve" not in out or "serve" in out
     assert "--tokenizer-mode mistral" in out
@@ -44,26 +36,25 @@ def test_plan_human_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_plan_that_does_not_fit_exits_nonzero_with_sums(
-    capsys: pytest.CaptureFixture[str],
+    run_cli: Cli,
 ) -> None:
-    code, out, err = run(["plan", "--profile", "h200-fp8", "--gpus", "8xH100-80GB"], capsys)
+    code, out, err = run_cli(["plan", "--profile", "h200-fp8", "--gpus", "8xH100-80GB"])
     assert code == 3
     assert "does not fit" in err and "GB" in err
     assert "h100-nvfp4" in err  # names a profile that fits
     assert "Traceback" not in err
 
 
-def test_plan_does_not_fit_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["plan", "--profile", "h200-fp8", "--gpus", "8xH100-80GB", "--json"], capsys)
+def test_plan_does_not_fit_json(run_cli: Cli) -> None:
+    code, out, _ = run_cli(["plan", "--profile", "h200-fp8", "--gpus", "8xH100-80GB", "--json"])
     assert code == 3
     data = json.loads(out)
     assert data["fits"] is False and "does not fit" in data["error"]
 
 
-def test_plan_with_gpus_and_nodes(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
+def test_plan_with_gpus_and_nodes(run_cli: Cli) -> None:
+    code, out, _ = run_cli(
         ["plan", "--profile", "h100-fp8", "--gpus", "8xH100-80GB", "--nodes", "2", "--json"],
-        capsys,
     )
     assert code == 0
     data = json.loads(out)
@@ -81,51 +72,47 @@ def test_plan_with_gpus_and_nodes(capsys: pytest.CaptureFixture[str]) -> None:
         (["doctor"], "Nothing to check"),
     ],
 )
-def test_bad_input_is_one_clear_error(
-    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run(args, capsys)
+def test_bad_input_is_one_clear_error(args: list[str], needle: str, run_cli: Cli) -> None:
+    code, out, err = run_cli(args)
     assert code != 0
     assert needle in err
     assert "Traceback" not in err and "Hint:" in err
 
 
-def test_profiles_list_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["profiles", "list", "--json"], capsys)
+def test_profiles_list_and_json(run_cli: Cli) -> None:
+    code, out, _ = run_cli(["profiles", "list", "--json"])
     assert code == 0
     names = {row["name"] for row in json.loads(out)}
     assert {"a100-nvfp4", "h100-nvfp4", "h200-fp8", "h100-fp8", "4090-gguf"} <= names
-    code, out, _ = run(["profiles", "list"], capsys)
+    code, out, _ = run_cli(["profiles", "list"])
     assert code == 0 and "a100-nvfp4" in out
 
 
-def test_invalid_user_profile_is_listed_not_fatal(
-    _isolated_home: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_invalid_user_profile_is_listed_not_fatal(_isolated_home: Path, run_cli: Cli) -> None:
     user = profiles.user_dir()
     user.mkdir(parents=True)
     (user / "broken.yaml").write_text("name: broken\nserve: {port: 80}\n")
-    code, out, _ = run(["profiles", "list", "--json"], capsys)
+    code, out, _ = run_cli(["profiles", "list", "--json"])
     assert code == 1
     rows = {row["name"]: row for row in json.loads(out)}
     assert "error" in rows["broken"] and "broken.yaml" in rows["broken"]["error"]
     assert "error" not in rows["a100-nvfp4"]
-    code, _, err = run(["plan", "--profile", "broken"], capsys)
+    code, _, err = run_cli(["plan", "--profile", "broken"])
     assert code == 1 and "broken.yaml" in err
 
 
-def test_profiles_show_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["profiles", "show", "4090-gguf", "--json"], capsys)
+def test_profiles_show_and_schema(run_cli: Cli) -> None:
+    code, out, _ = run_cli(["profiles", "show", "4090-gguf", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["engine"]["kind"] == "llamacpp" and data["origin"] == "builtin"
-    code, out, _ = run(["profiles", "show", "4090-gguf"], capsys)
+    code, out, _ = run_cli(["profiles", "show", "4090-gguf"])
     assert code == 0 and "# source" not in out and "UD-IQ1_S" in out
-    code, out, _ = run(["profiles", "schema"], capsys)
+    code, out, _ = run_cli(["profiles", "schema"])
     assert code == 0 and json.loads(out)["title"] == "mlctl profile"
 
 
-def test_doctor_log_finding_and_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_log_finding_and_clean(tmp_path: Path, run_cli: Cli) -> None:
     bad = tmp_path / "bad.log"
     bad.write_text(
         "INFO starting\n"
@@ -133,13 +120,13 @@ def test_doctor_log_finding_and_clean(tmp_path: Path, capsys: pytest.CaptureFixt
         "total capacity of 79.25 GiB of which 1.12 GiB is free.\n"
         "RuntimeError: Engine core initialization failed. See root cause above.\n"
     )
-    code, out, _ = run(["doctor", "--log", str(bad), "--json"], capsys)
+    code, out, _ = run_cli(["doctor", "--log", str(bad), "--json"])
     assert code == 1
     findings = json.loads(out)["findings"]
     assert findings[0]["cause"] == "cuda-oom" and findings[0]["fix"]
     good = tmp_path / "good.log"
     good.write_text("INFO: Application startup complete.\n")
-    code, out, _ = run(["doctor", "--log", str(good)], capsys)
+    code, out, _ = run_cli(["doctor", "--log", str(good)])
     assert code == 0 and "No known failure" in out
 
 

@@ -6,22 +6,12 @@ CI), in which case they fail.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from mlctl.sandbox.sshd import SandboxSshd, find_sshd, start_sshd
-
-
-def _require_sshd() -> None:
-    if find_sshd() is not None:
-        return
-    message = "no OpenSSH sshd binary (apt-get install openssh-server)"
-    if os.environ.get("MLCTL_REQUIRE_SSHD") == "1":
-        pytest.fail(f"{message}, and MLCTL_REQUIRE_SSHD=1", pytrace=False)
-    pytest.skip(message)
+from mlctl.sandbox.sshd import SandboxSshd, start_sshd
 
 
 @pytest.fixture(autouse=True)
@@ -34,18 +24,16 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxSshd]:
+def sshd(tmp_path_factory: pytest.TempPathFactory, sshd_required: None) -> Iterator[SandboxSshd]:
     """A loopback sshd shared by the session (don't change its host key; use make_sshd)."""
-    _require_sshd()
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
 
 
 @pytest.fixture
-def make_sshd(tmp_path: Path) -> Iterator[Callable[[], SandboxSshd]]:
+def make_sshd(tmp_path: Path, sshd_required: None) -> Iterator[Callable[[], SandboxSshd]]:
     """Start private sshd instances for one test; all are stopped afterwards."""
-    _require_sshd()
     started: list[SandboxSshd] = []
 
     def make() -> SandboxSshd:

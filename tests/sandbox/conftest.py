@@ -6,24 +6,12 @@ CI), in which case they fail.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlctl.sandbox import host
-from mlctl.sandbox.sshd import find_sshd
-
-
-def require_sshd() -> None:
-    """Skip without sshd, or fail when CI says sshd must be there."""
-    if find_sshd() is not None:
-        return
-    message = "no OpenSSH sshd binary (apt-get install openssh-server)"
-    if os.environ.get("MLCTL_REQUIRE_SSHD") == "1":
-        pytest.fail(f"{message}, and MLCTL_REQUIRE_SSHD=1", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +28,8 @@ def _isolated_home(sandbox_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sandbox(sandbox_home: Path) -> Iterator[host.SandboxInfo]:
+def sandbox(sandbox_home: Path, sshd_required: None) -> Iterator[host.SandboxInfo]:
     """A running sandbox named ``sandbox`` with 8x A100 80GB."""
-    require_sshd()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLCTL_HOME", str(sandbox_home))
         info = host.up("sandbox", "8xA100-80GB")
@@ -50,9 +37,3 @@ def sandbox(sandbox_home: Path) -> Iterator[host.SandboxInfo]:
             yield info
         finally:
             host.down("sandbox", purge=True)
-
-
-@pytest.fixture(scope="module")
-def sshd_required() -> None:
-    """Skip (or, in CI, fail) without an sshd binary."""
-    require_sshd()

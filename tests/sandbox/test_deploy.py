@@ -7,13 +7,12 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from mlctl import daytwo, health, profiles, state, supervise
-from mlctl.cli import main
 from mlctl.deploy import DeployError, DeployOptions, Session, run_deploy
 from mlctl.errors import HubError, MlctlError
 from mlctl.hosts.open import open_connector
@@ -22,15 +21,7 @@ from mlctl.sandbox import host
 from mlctl.sandbox.hub import SANDBOX_TOKEN
 from mlctl.sandbox.standins.install import write_scenario
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+Cli = Callable[[list[str]], tuple[int, str, str]]
 
 
 def variant(name: str, **changes: object) -> Profile:
@@ -100,23 +91,21 @@ def test_vllm_deploy_is_ready_idempotent_and_restarts_on_change(
     assert changed.result.restarted
 
 
-def test_status_logs_and_stop(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_status_logs_and_stop(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     code, out, _ = run_cli(
-        ["deploy", "-p", "a100-nvfp4", "--host", "sandbox", "--detach", "--json"], capsys
+        ["deploy", "-p", "a100-nvfp4", "--host", "sandbox", "--detach", "--json"]
     )
     assert code == 0, out
     result = json.loads(out)
     assert {"name", "endpoint", "api_key_file", "remote_port"} <= set(result)
-    code, out, _ = run_cli(["status", "--json"], capsys)
+    code, out, _ = run_cli(["status", "--json"])
     (entry,) = json.loads(out)
     assert entry["state"] == "running" and entry["exit_code"] is None and entry["healthy"]
-    code, out, _ = run_cli(["logs", "a100-nvfp4", "--tail", "5"], capsys)
+    code, out, _ = run_cli(["logs", "a100-nvfp4", "--tail", "5"])
     assert code == 0 and "HTTP/1.1" in out
-    code, out, _ = run_cli(["stop", "a100-nvfp4"], capsys)
+    code, out, _ = run_cli(["stop", "a100-nvfp4"])
     assert code == 0 and "stopped" in out
-    code, out, _ = run_cli(["status", "--json"], capsys)
+    code, out, _ = run_cli(["status", "--json"])
     assert json.loads(out)[0]["state"] == "stopped"
 
 
@@ -219,12 +208,10 @@ def test_llamacpp_deploy_launches_the_first_shard(sandbox: host.SandboxInfo) -> 
         host.up("sandbox", "8xA100-80GB")
 
 
-def test_secrets_never_leak(sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]) -> None:
+def test_secrets_never_leak(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     os.environ["HF_TOKEN"] = SANDBOX_TOKEN
     try:
-        code, out, err = run_cli(
-            ["deploy", "-p", "a100-nvfp4", "--host", "sandbox", "--detach"], capsys
-        )
+        code, out, err = run_cli(["deploy", "-p", "a100-nvfp4", "--host", "sandbox", "--detach"])
     finally:
         del os.environ["HF_TOKEN"]
     assert code == 0, err

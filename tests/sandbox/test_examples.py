@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mlctl import profiles
+from mlctl import daytwo, profiles, state
 from mlctl.deploy import DeployOptions, DeployResult, run_deploy
+from mlctl.hosts.open import open_connector
 from mlctl.sandbox import host
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -28,6 +29,12 @@ def endpoint(sandbox: host.SandboxInfo, sandbox_home: Path) -> Iterator[DeployRe
             yield session.result
         finally:
             session.close()
+            conn = open_connector("sandbox")
+            try:
+                daytwo.stop(conn, state.load("examples"), purge=True)
+            finally:
+                conn.close()
+            state.remove("examples")
 
 
 def _run(argv: list[str], result: DeployResult) -> subprocess.CompletedProcess[str]:

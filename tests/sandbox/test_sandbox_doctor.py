@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from mlctl.cli import main
 from mlctl.errors import ConnectError
 from mlctl.gather import gather_facts
 from mlctl.hosts.open import open_connector
 from mlctl.sandbox import host
 from mlctl.sandbox.standins.install import write_scenario
 
+Cli = Callable[[list[str]], tuple[int, str, str]]
+
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_status_says_what_runs(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(["sandbox", "status", "--json"], capsys)
+def test_status_says_what_runs(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    code, out, _ = run_cli(["sandbox", "status", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["running"] and data["ssh_server"] == "openssh"
@@ -39,8 +29,8 @@ def test_status_says_what_runs(
     assert set(data["engines"].values()) == {"stand-in"}
 
 
-def test_facts_of_8xa100(sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["facts", "--host", "sandbox", "--json"], capsys)
+def test_facts_of_8xa100(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    code, out, _ = run_cli(["facts", "--host", "sandbox", "--json"])
     assert code == 0
     facts = json.loads(out)
     assert facts["nvidia_smi"] == "ok" and len(facts["gpus"]) == 8
@@ -52,10 +42,8 @@ def test_facts_of_8xa100(sandbox: host.SandboxInfo, capsys: pytest.CaptureFixtur
     assert max(facts["disk_free_bytes"].values()) >= 1900 * 10**9  # the simulated volume
 
 
-def test_doctor_passes_a100_profile(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"], capsys)
+def test_doctor_passes_a100_profile(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    code, out, _ = run_cli(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"])
     report = json.loads(out)
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     assert code == 0 and not failed, failed
@@ -63,15 +51,11 @@ def test_doctor_passes_a100_profile(
     assert {"ssh", "nvidia-smi", "gpu-count", "gpu-model", "fit", "disk", "shm"} <= ids
 
 
-def test_doctor_fails_gpu_checks_on_4090s(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(["sandbox", "up", "--gpus", "4xRTX4090-24GB"], capsys)
+def test_doctor_fails_gpu_checks_on_4090s(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    code, out, _ = run_cli(["sandbox", "up", "--gpus", "4xRTX4090-24GB"])
     assert code == 0
     try:
-        code, out, _ = run(
-            ["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"], capsys
-        )
+        code, out, _ = run_cli(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"])
         checks = {c["id"]: c for c in json.loads(out)["checks"]}
         assert code == 1
         assert (
@@ -80,30 +64,24 @@ def test_doctor_fails_gpu_checks_on_4090s(
         assert checks["gpu-model"]["status"] == "fail"
         assert "A100-80GB" in checks["gpu-model"]["fix"]
         assert checks["fit"]["status"] == "fail"
-        code, out, _ = run(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4"], capsys)
+        code, out, _ = run_cli(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4"])
         assert code == 1 and "✗ GPU count" in out and "fix:" in out
     finally:
-        run(["sandbox", "up", "--gpus", "8xA100-80GB"], capsys)
+        run_cli(["sandbox", "up", "--gpus", "8xA100-80GB"])
 
 
-def test_plan_against_the_real_gpus(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(["plan", "--profile", "a100-nvfp4", "--host", "sandbox", "--json"], capsys)
+def test_plan_against_the_real_gpus(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    code, out, _ = run_cli(["plan", "--profile", "a100-nvfp4", "--host", "sandbox", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["fits"] and not data["host"].startswith("assumed")
     assert "NVIDIA A100-SXM4-80GB" in data["host"]
 
 
-def test_broken_driver_is_reported(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_broken_driver_is_reported(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     write_scenario(Path(sandbox.state_dir), {"nvidia-smi": {"fail": "driver"}})
     try:
-        code, out, _ = run(
-            ["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"], capsys
-        )
+        code, out, _ = run_cli(["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"])
         checks = {c["id"]: c for c in json.loads(out)["checks"]}
         assert code == 1
         assert checks["nvidia-smi"]["status"] == "fail"
@@ -112,9 +90,7 @@ def test_broken_driver_is_reported(
         write_scenario(Path(sandbox.state_dir), {})
 
 
-def test_doctor_diagnoses_a_crashed_deployment(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_doctor_diagnoses_a_crashed_deployment(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     dep = Path(sandbox.home) / ".mlctl" / "deployments" / "crashed"
     dep.mkdir(parents=True)
     log = (FIXTURES / "logs" / "cuda-oom-vllm-1.log").read_text()
@@ -122,7 +98,7 @@ def test_doctor_diagnoses_a_crashed_deployment(
     (dep / "server.pid").write_text("999999999\n")
     (dep / "exit_code").write_text("1\n")
     try:
-        code, out, _ = run(["doctor", "--host", "sandbox", "--json"], capsys)
+        code, out, _ = run_cli(["doctor", "--host", "sandbox", "--json"])
         report = json.loads(out)
         check = {c["id"]: c for c in report["checks"]}["deployment:crashed"]
         assert code == 1 and check["status"] == "fail"
@@ -135,7 +111,7 @@ def test_doctor_diagnoses_a_crashed_deployment(
 
 
 def test_changed_host_key_is_refused_until_forgotten(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
+    sandbox: host.SandboxInfo, run_cli: Cli
 ) -> None:
     conn = open_connector("sandbox")  # pins the current key (accept-new)
     conn.close()
@@ -143,26 +119,22 @@ def test_changed_host_key_is_refused_until_forgotten(
     with pytest.raises(ConnectError) as info:
         open_connector("sandbox")
     assert "SHA256:" in info.value.message and "forget-key" in (info.value.hint or "")
-    code, _, err = run(["facts", "--host", "sandbox"], capsys)
+    code, _, err = run_cli(["facts", "--host", "sandbox"])
     assert code == 1 and "Traceback" not in err and "SHA256:" in err
-    code, out, _ = run(["hosts", "forget-key", "sandbox"], capsys)
+    code, out, _ = run_cli(["hosts", "forget-key", "sandbox"])
     assert code == 0 and "Forgot" in out
     conn = open_connector("sandbox")
     assert gather_facts(conn).gpu_count == 8
     conn.close()
 
 
-def test_strict_policy_refuses_an_unknown_key(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run(["hosts", "forget-key", "sandbox"], capsys)
-    code, _, err = run(["facts", "--host", "sandbox", "--host-key-policy", "strict"], capsys)
+def test_strict_policy_refuses_an_unknown_key(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    run_cli(["hosts", "forget-key", "sandbox"])
+    code, _, err = run_cli(["facts", "--host", "sandbox", "--host-key-policy", "strict"])
     assert code == 1 and "Traceback" not in err
 
 
-def test_saved_host_from_a_pasted_ssh_line(
-    sandbox: host.SandboxInfo, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_saved_host_from_a_pasted_ssh_line(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     line = [
         "ssh",
         "-p",
@@ -173,13 +145,13 @@ def test_saved_host_from_a_pasted_ssh_line(
         "-L",
         "8080:localhost:8080",
     ]
-    code, out, _ = run(["hosts", "add", "pasted", "--", *line], capsys)
+    code, out, _ = run_cli(["hosts", "add", "pasted", "--", *line])
     assert code == 0
-    code, out, _ = run(["hosts", "show", "pasted", "--json"], capsys)
+    code, out, _ = run_cli(["hosts", "show", "pasted", "--json"])
     saved = json.loads(out)
     assert saved["port"] == sandbox.port and saved["identity_files"] == [sandbox.key_path]
-    code, out, _ = run(["facts", "--host", "pasted", "--json"], capsys)
+    code, out, _ = run_cli(["facts", "--host", "pasted", "--json"])
     assert code == 0 and len(json.loads(out)["gpus"]) == 8
-    code, out, _ = run(["hosts", "list", "--json"], capsys)
+    code, out, _ = run_cli(["hosts", "list", "--json"])
     assert {"sandbox", "pasted"} <= {h["name"] for h in json.loads(out)}
-    assert run(["hosts", "remove", "pasted"], capsys)[0] == 0
+    assert run_cli(["hosts", "remove", "pasted"])[0] == 0

@@ -363,21 +363,42 @@ def _stop_pids(info: SandboxInfo) -> None:
         _kill(info.sshd_pid)
 
 
-def _stop_engines(info: SandboxInfo) -> None:
-    """Stop engines the sandbox's deployments left running (their pidfiles).
+def _stop_engines(info: SandboxInfo, timeout: float = 5.0) -> None:
+    """Stop engines the sandbox's deployments left running: TERM, then KILL after ``timeout``.
 
     Only a pid whose working directory is still its deployment directory is
     signalled: a stale pid file's number may belong to an unrelated process.
     """
     root = Path(info.home) / ".mlctl" / "deployments"
+    groups: list[int] = []
     for pidfile in root.glob("*/server.pid"):
         try:
             pid = int(pidfile.read_text().strip())
             if os.path.realpath(f"/proc/{pid}/cwd") != os.path.realpath(pidfile.parent):
                 continue
             os.killpg(pid, signal.SIGTERM)
+            groups.append(pid)
         except (ValueError, OSError):
             continue
+    deadline = time.monotonic() + timeout
+    while groups and time.monotonic() < deadline:
+        groups = [g for g in groups if _group_alive(g)]
+        time.sleep(0.05)
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def down(name: str = DEFAULT_NAME, *, purge: bool = False) -> SandboxInfo | None:
