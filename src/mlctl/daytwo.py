@@ -7,6 +7,7 @@ to the deployment's host and runs one or two remote commands built by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -112,7 +113,34 @@ def classify(
                 findings[0].evidence,
                 findings[0].fix,
             )
+        elif status.state == "exited":
+            # no known cause: show the engine's last words and where to read the rest
+            status.evidence = last_error_line(remote.log_tail)
+            status.fix = f"Read the whole log: `mlctl logs {record.name}`."
     return status
+
+
+_EXCEPTION = re.compile(r"\b\w+(Error|Exception): \S")
+_ERRORISH = re.compile(r"Error\b|error:|Exception|FATAL|Fatal|failed|Aborted|Segmentation")
+# consequences that name no cause: "see above" lines of vLLM's engine
+_GENERIC = re.compile(
+    r"EngineDeadError|See (the )?(root cause|stack trace)|Engine core initialization failed|"
+    r"EngineCore failed to start|Engine process failed to start"
+)
+
+
+def last_error_line(log: str) -> str | None:
+    """The line most likely to name an unknown cause: the first exception that is not a
+    generic consequence, else the last error-looking line, else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    specific = [line for line in lines if not _GENERIC.search(line)]
+    for line in specific:
+        if _EXCEPTION.search(line):
+            return line[:300]
+    for line in reversed(specific):
+        if _ERRORISH.search(line):
+            return line[:300]
+    return lines[-1][:300] if lines else None
 
 
 def statuses(

@@ -190,6 +190,8 @@ def statuses(items: Sequence[Any]) -> None:
         )
         if s.error:
             out.print(f"          [red]{escape(s.error)}[/]", soft_wrap=True)
-        if s.cause:
-            out.print(f"          {s.cause}: {escape(s.evidence or '')}", soft_wrap=True)
-            out.print(f"          [bold]fix:[/] {escape(s.fix or '')}", soft_wrap=True)
+        if s.cause or s.evidence:
+            label = s.cause or "last log line"
+            out.print(f"          {label}: {escape(s.evidence or '')}", soft_wrap=True)
+        if s.fix:
+            out.print(f"          [bold]fix:[/] {escape(s.fix)}", soft_wrap=True)

@@ -122,6 +122,8 @@ def test_crash_after_ready_shows_exited_with_code(sandbox: host.SandboxInfo) -> 
             break
         time.sleep(0.2)
     assert found.state == "exited" and found.exit_code not in (None, 0)
+    assert found.evidence and "illegal memory access" in found.evidence  # the engine's last words
+    assert found.fix and "mlctl logs a100-nvfp4" in found.fix
 
 
 def test_injected_oom_fails_with_the_diagnosis(sandbox: host.SandboxInfo) -> None:
