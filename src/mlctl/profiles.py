@@ -222,8 +222,12 @@ class Profile(_Strict):
             raise ValueError("serve.speculative is only supported with engine vllm")
         if kind != "vllm" and serve.kv_cache_dtype.startswith("fp8"):
             raise ValueError(f"kv_cache_dtype {serve.kv_cache_dtype!r} is vLLM-only")
-        if kind == "vllm" and serve.kv_cache_dtype in ("q8_0", "q4_0"):
-            raise ValueError(f"kv_cache_dtype {serve.kv_cache_dtype!r} is llama.cpp-only")
+        if kind == "vllm" and serve.kv_cache_dtype in ("q8_0", "q4_0", "bf16", "fp16"):
+            # vLLM 0.12 --kv-cache-dtype choices: auto (the model's bf16), fp8, fp8_e4m3, fp8_e5m2
+            raise ValueError(
+                f"kv_cache_dtype {serve.kv_cache_dtype!r} is not a vLLM cache dtype; use auto "
+                "(the model's dtype), fp8, fp8_e4m3 or fp8_e5m2"
+            )
         tp = serve.tensor_parallel or hw.gpus_per_node
         pp = serve.pipeline_parallel or hw.nodes
         if tp > hw.gpus_per_node:

@@ -176,3 +176,9 @@ def test_schema_is_json_schema() -> None:
 )
 def test_example_profiles_validate(path: Path) -> None:
     assert profiles.load(str(path)).name == path.stem
+
+
+def test_vllm_kv_dtype_must_be_one_vllm_accepts(tmp_path: Path) -> None:
+    text = _base_yaml().replace("  kv_cache_dtype: auto", "  kv_cache_dtype: bf16")
+    message = _error_for(text, tmp_path)
+    assert "not a vLLM cache dtype" in message and "fp8_e4m3" in message

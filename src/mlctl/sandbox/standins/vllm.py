@@ -11,7 +11,9 @@ flags on a Hugging Face-format directory, a Mistral-format directory without
 them, a missing model directory, more tensor-parallel ranks than GPUs, a
 ``--max-model-len`` the KV cache cannot hold; and the scenario file can ask for
 ``oom``, ``kv-cache``, ``mistral-hf``, ``port-in-use``, ``crash-after-ready`` or
-``tp-mismatch``.
+``tp-mismatch``. ``serve`` accepts exactly the option strings of the real ``vllm serve``
+0.12.0 (``mlctl/data/vllm-0.12.0-serve-flags.txt``) and refuses any other as argparse
+does (``unrecognized arguments``, exit 2).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlctl.engine_cli import vllm_serve_flags
 from mlctl.sandbox.standins.common import (
     ApiError,
     GpuInventory,
@@ -98,22 +101,96 @@ def _limit_mm(value: str) -> dict[str, int]:
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """Turn ``--tokenizer_mode`` into ``--tokenizer-mode`` (vLLM's FlexibleArgumentParser)."""
-    out = []
-    for arg in argv:
+    """Rewrite arguments as vLLM's FlexibleArgumentParser does before argparse sees them.
+
+    ``--tokenizer_mode`` -> ``--tokenizer-mode`` (``_`` to ``-`` up to the first ``.``),
+    ``-O3`` -> ``--optimization-level 3``, ``-O.x`` -> ``-cc.x``, and dotted JSON keys
+    merged into one argument at the end: ``--speculative-config.method eagle`` ->
+    ``--speculative-config '{"method": "eagle"}'``. (``--config FILE.yaml`` is not read.)
+    """
+    args = list(argv)
+    first: list[str] = []
+    for i, arg in enumerate(args):
         if arg.startswith("--"):
             key, eq, value = arg.partition("=")
-            arg = key.replace("_", "-") + eq + value
+            head, dot, rest = key[2:].partition(".")
+            first.append("--" + head.replace("_", "-") + dot + rest + eq + value)
+        elif arg.startswith("-O."):
+            first.append("-cc" + arg[2:])
+        elif arg.startswith("-O") and arg != "-O":
+            first += ["--optimization-level", arg[3:] if arg[2] == "=" else arg[2:]]
+        elif arg == "-O" and i + 1 < len(args) and args[i + 1] in {"0", "1", "2", "3"}:
+            first.append("--optimization-level")
+        else:
+            first.append(arg)
+    out: list[str] = []
+    merged: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(first):
+        arg = first[i]
+        i += 1
+        if arg.startswith("-") and "." in arg.partition("=")[0] and ("=" in arg or i < len(first)):
+            key, eq, value = arg.partition("=")
+            if not eq:
+                value, i = first[i], i + 1
+            head, _, rest = key.partition(".")
+            _merge_dotted(merged.setdefault(head, {}), rest.split("."), value)
+            continue
         out.append(arg)
+    for key, tree in merged.items():
+        out += [key, json.dumps(tree)]
     return out
 
 
+def _merge_dotted(tree: dict[str, Any], keys: list[str], value: str) -> None:
+    """Put ``--a.b.c value`` into ``tree`` as ``{"b": {"c": value}}`` (``+`` appends a list)."""
+    if keys[-1].endswith("+"):
+        keys[-1] = keys[-1][:-1]
+        value = json.dumps(value.split(","))
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    old = tree.get(keys[-1])
+    tree[keys[-1]] = old + parsed if isinstance(old, list) and isinstance(parsed, list) else parsed
+
+
+def _add_real_options(s: argparse.ArgumentParser) -> None:
+    """Accept every other option the real ``vllm serve`` registers (the stand-in ignores them).
+
+    The option list is extracted from the vLLM wheel (mlctl.engine_cli); argparse then
+    rejects anything else with the real message (``unrecognized arguments``) and resolves
+    unambiguous prefixes as the real parser does (allow_abbrev). The list does not say how
+    many values each option takes: a ``--no-X``/``--X`` pair takes none, any other option
+    takes the values up to the next option, so an unmodelled store-true option
+    (``--headless``, ``-dph``) written before the model path would swallow it.
+    """
+    real = vllm_serve_flags(VERSION)
+    taken = set(s._option_string_actions)
+    for option in sorted(real - taken):
+        bare = option.lstrip("-")
+        is_switch = option.startswith("--") and (
+            f"--no-{bare}" in real or (bare.startswith("no-") and f"--{bare[3:]}" in real)
+        )
+        hidden: dict[str, Any] = {
+            "dest": "_ignored_" + bare.replace("-", "_"),
+            "default": argparse.SUPPRESS,
+            "help": argparse.SUPPRESS,
+        }
+        if is_switch:
+            s.add_argument(option, action="store_true", **hidden)
+        else:
+            s.add_argument(option, nargs="*", **hidden)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``vllm`` parser with the ``serve`` subcommand and the flags mlctl (and users) pass."""
+    """The ``vllm`` parser: ``serve`` models the flags mlctl passes and accepts the rest."""
     parser = argparse.ArgumentParser(prog="vllm", allow_abbrev=False)
     parser.add_argument("-v", "--version", action="version", version=VERSION)
     sub = parser.add_subparsers(dest="subparser")
-    s = sub.add_parser("serve", prog="vllm serve", allow_abbrev=False)
+    s = sub.add_parser("serve", prog="vllm serve", usage="vllm serve [model_tag] [options]")
     s.add_argument("model_tag", nargs="?", default=None)
     s.add_argument("--model", default=None)
     s.add_argument("--served-model-name", nargs="+", default=None)
@@ -161,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--uvicorn-log-level", default="info")
     s.add_argument("--disable-log-stats", action="store_true")
     s.add_argument("--disable-uvicorn-access-log", action="store_true")
+    _add_real_options(s)
     return parser
 
 
