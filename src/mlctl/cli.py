@@ -334,6 +334,10 @@ def deploy(
             handover(result)
         if detach or as_json:
             return
+        if session.tunnel is not None:
+            session.tunnel.on_state = lambda state, msg: sys.stderr.write(
+                f"Tunnel {state}: {msg}\n"
+            )
         sys.stderr.write(
             f"Tunnel open on {result.endpoint}; press Ctrl-C to close it "
             f"(the deployment keeps running; `mlctl tunnel {result.name}` reopens it).\n"
@@ -500,7 +504,9 @@ def tunnel(
         from mlctl.hosts import saved
 
         target = saved.resolve(record.host)
-        argv = ["ssh", "-N", "-L", f"127.0.0.1:{port}:127.0.0.1:{record.remote_port}"]
+        # -tt with a remote sleep, not -N: a session with a terminal makes sshd switch off
+        # Nagle's algorithm on its side (without it small requests stall ~40 ms)
+        argv = ["ssh", "-tt", "-L", f"127.0.0.1:{port}:127.0.0.1:{record.remote_port}"]
         if target.port != 22:
             argv += ["-p", str(target.port)]
         for key in target.identity_files:
@@ -508,6 +514,7 @@ def tunnel(
         if target.proxy_jump:
             argv += ["-J", target.proxy_jump]
         argv.append(f"{target.user}@{target.host}" if target.user else target.host)
+        argv.append("sleep 2147483647")
         from mlctl import shell
 
         typer.echo(shell.join(argv))
@@ -515,8 +522,15 @@ def tunnel(
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    conn = open_connector(record.host, host_key_policy=_policy(host_key_policy))
-    forward = Tunnel(conn, record.remote_port, local_port=port, strict_port=strict_port)
+    policy = _policy(host_key_policy)
+    conn = open_connector(record.host, host_key_policy=policy)
+    forward = Tunnel(
+        conn,
+        record.remote_port,
+        local_port=port,
+        strict_port=strict_port,
+        reconnect=lambda: open_connector(record.host, host_key_policy=policy),
+    )
     try:
         bound = forward.start()
         moved = f" ({port} was busy)" if bound != port else ""

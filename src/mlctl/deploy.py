@@ -678,7 +678,13 @@ def run_deploy(
         fresh = deployer.launch(plan, sized)
         result.restarted = deployer.restarted
         wanted = options.local_port or _default_local_port(host, plan.launch.port)
-        tunnel = Tunnel(conn, plan.launch.port, local_port=wanted, strict_port=options.strict_port)
+        tunnel = Tunnel(
+            conn,
+            plan.launch.port,
+            local_port=wanted,
+            strict_port=options.strict_port,
+            reconnect=lambda: open_connector(host, host_key_policy=host_key_policy),
+        )
         result.local_port = tunnel.start()
         result.endpoint = f"http://127.0.0.1:{result.local_port}/v1"
         result.phases = deployer.wait_ready(plan, tunnel.url, api_key, fresh)

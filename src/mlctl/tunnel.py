@@ -3,13 +3,16 @@
 One accept thread; per accepted client a channel from ``conn.open_forward`` and
 two pump threads, one per direction, so a slow client only ever stalls its own
 connection. End-of-stream is forwarded as a half-close (like OpenSSH), and a
-connection is closed once both directions are done or either fails. The
-listener binds 127.0.0.1 and nothing else.
+connection is closed once both directions are done or either fails (with a
+reset, so a cut-off response never looks complete). The listener binds
+127.0.0.1 and nothing else.
 
-The low-latency settings (TCP_NODELAY on the SSH socket, a pty-holding session)
-belong to the connector; here TCP_NODELAY is set on each accepted local socket.
-Reconnecting after a lost transport is not done here yet: channels that fail
-to open close their client cleanly and the listener keeps serving.
+TCP_NODELAY is set on each accepted local socket here and on the SSH socket by
+the connector; the pty-holding session that makes sshd disable Nagle on its
+side, and the liveness checks, are in ``tunnel_session``. A watch thread per
+tunnel notices a dead connection, resets the connections that were on it, and
+reconnects with backoff through the caller's ``reconnect`` function while the
+listener keeps listening.
 """
 
 from __future__ import annotations
@@ -19,17 +22,28 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
-from mlctl.errors import UsageError
+from mlctl.errors import ConnectError, UsageError
 from mlctl.hosts.base import Connector, StreamChannel
+from mlctl.tunnel_session import Backoff, HostSession, refusal
 
 LOCALHOST = "127.0.0.1"
 _CHUNK = 65536
+# paramiko's channel buffer drops what recv() returns by moving the rest to the front:
+# reading all of it (at most one 2 MiB window) at once avoids that copy per read.
+_CHANNEL_CHUNK = 4 << 20
 _JOIN_TIMEOUT = 2.0
+_WATCH_INTERVAL = 0.25  # how often the watch thread looks at the connection
+_BACKOFF_FIRST = 0.2  # first wait before reconnecting, doubled after each failure...
+_BACKOFF_MOST = 5.0  # ...up to this
+_REFUSED_RETRY = 30.0  # a refused reconnect (changed host key) is tried again this rarely
+_WAIT_FOR_HOST = 10.0  # a new client waits this long for a reconnect before it is closed
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +192,23 @@ def _close(stream: StreamChannel | socket.socket) -> None:
         pass
 
 
+def _reset_on_close(sock: socket.socket) -> None:
+    # An aborted connection ends with a reset, so the client sees a failure and never
+    # mistakes a cut-off response for a complete one.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
 class _Link:
-    """One client socket and its forwarded channel."""
+    """One client socket, its forwarded channel, and the host session that channel is on."""
 
     def __init__(self, client: socket.socket, peer: str) -> None:
         self.client = client
         self.peer = peer
         self.channel: StreamChannel | None = None
+        self.session: HostSession | None = None
         self.lock = threading.Lock()
         self.aborted = False
 
@@ -192,6 +216,7 @@ class _Link:
         with self.lock:
             self.aborted = True
             channel = self.channel
+        _reset_on_close(self.client)
         _wake(self.client)
         if channel is not None:
             _wake(channel)
@@ -205,13 +230,17 @@ class _Link:
 def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket) -> bool:
     """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False."""
     try:
+        size = _CHUNK if isinstance(src, socket.socket) else _CHANNEL_CHUNK
         while True:
-            data = src.recv(_CHUNK)
+            data = src.recv(size)
             if not data:
                 break
             dst.sendall(data)
     except Exception as exc:  # socket, EOF or paramiko errors end this link
         log.debug("tunnel pump stopped: %s", exc)
+        return False
+    if not getattr(src, "eof_received", True):
+        # A paramiko channel also reads b"" when its transport died: not the far end's EOF.
         return False
     try:
         dst.shutdown(socket.SHUT_WR)
@@ -229,6 +258,9 @@ def _pump_back(link: _Link, channel: StreamChannel) -> None:
 # ---------------------------------------------------------------- the tunnel
 
 
+StateCallback = Callable[[str, str], None]
+
+
 class Tunnel:
     """Forward ``127.0.0.1:local_port`` to ``remote_host:remote_port`` as the host sees it.
 
@@ -236,6 +268,21 @@ class Tunnel:
     tunnel takes the next free one up from it and records ``moved_from`` (and
     ``holder``, what held it, when that can be told), or raises UsageError with
     ``strict_port``. Use as a context manager, or call ``start`` and ``stop``.
+
+    Over SSH the tunnel holds a pty session on the connection for low latency
+    (see ``tunnel_session``) and watches the connection. When it dies the
+    listener keeps listening, in-flight connections are reset, and with
+    ``reconnect`` (a function returning a fresh connector, host key policy
+    included) the tunnel reconnects with backoff and serves again; new clients
+    wait up to ``_WAIT_FOR_HOST`` seconds for it. A refused reconnect (changed
+    host key...) is never retried into acceptance: it is reported as ``refused``
+    and retried every ``_REFUSED_RETRY`` seconds, so that once the user has
+    dealt with it (``mlctl hosts forget-key``) the tunnel comes back by itself.
+    Every change is logged on ``mlctl.tunnel`` and passed to ``on_state`` as
+    (state, message), state one of ``connected``, ``lost``, ``retrying``,
+    ``refused``, ``reconnected`` (called from the tunnel's watch thread; it may
+    be set after ``start``). A connection found dead is closed, the one passed
+    in included; connections the tunnel opened itself are closed by ``stop``.
     """
 
     def __init__(
@@ -246,26 +293,53 @@ class Tunnel:
         remote_host: str = LOCALHOST,
         local_port: int = 0,
         strict_port: bool = False,
+        reconnect: Callable[[], Connector] | None = None,
+        on_state: StateCallback | None = None,
+        keepalive_interval: float = 5.0,
+        keepalive_timeout: float = 15.0,
     ) -> None:
         if not 0 <= local_port <= 65535:
             raise UsageError(f"invalid local port {local_port}", "use a port from 1024 to 65535")
-        self.conn = conn
         self.remote_host = remote_host
         self.remote_port = remote_port
         self.local_port = local_port
         self.strict_port = strict_port
+        self.reconnect = reconnect
+        self.on_state = on_state
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
         self.moved_from: int | None = None
         self.holder: str | None = None
+        self._session = self._new_session(conn, owned=False)
+        self._state = "idle"
+        self._up = threading.Condition()  # guards _session and _state
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stopping = threading.Event()
+        self._check_now = threading.Event()
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._threads: set[threading.Thread] = set()
         self._accept_thread: threading.Thread | None = None
+        self._watch_thread: threading.Thread | None = None
 
     # -- public
+
+    @property
+    def conn(self) -> Connector:
+        """Return the connector in use now (a new one after each reconnect)."""
+        return self._session.conn
+
+    @property
+    def state(self) -> str:
+        """Return ``idle``, ``connected``, ``lost`` (reconnecting), ``refused`` or ``stopped``."""
+        return self._state
+
+    @property
+    def holds_pty(self) -> bool:
+        """True when a pty session is held on the SSH connection (False over a local one)."""
+        return self._session.holds_pty
 
     @property
     def url(self) -> str:
@@ -287,11 +361,13 @@ class Tunnel:
             return len(self._links)
 
     def start(self) -> int:
-        """Bind 127.0.0.1, start accepting, and return the local port.
+        """Bind 127.0.0.1, hold the pty session, start accepting, and return the local port.
 
         Raises UsageError when the port is busy and ``strict_port`` is set, when
         no free port is found near it, or when it cannot be bound at all
         (a privileged port, for instance). RuntimeError when already started.
+        A connection that is already dead is not an error here: it is reported
+        lost (and reopened with ``reconnect``).
         """
         if self._accept_thread is not None:
             raise RuntimeError("tunnel already started")
@@ -302,10 +378,23 @@ class Tunnel:
         self._listener = listener
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping.clear()
+        self._check_now.clear()
+        session = self._session
+        try:
+            session.open()
+        except ConnectError as exc:  # the watch thread finds it dead and says so
+            log.debug("tunnel %s: %s", self.url, exc.message)
+        with self._up:
+            self._state = "connected"
+        self._report("connected", self._connected_message(session, None))
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"mlctl-tunnel-{self.local_port}", daemon=True
         )
         self._accept_thread.start()
+        self._watch_thread = threading.Thread(
+            target=self._watch, name=f"mlctl-tunnel-{self.local_port}-watch", daemon=True
+        )
+        self._watch_thread.start()
         log.debug(
             "tunnel %s -> %s:%d on %s",
             self.url,
@@ -318,9 +407,14 @@ class Tunnel:
     def stop(self) -> None:
         """Close the listener and every forwarded connection, and join the threads.
 
-        Safe to call more than once, and before ``start``.
+        Also ends a reconnect in progress (an attempt already connecting is
+        abandoned after ``_JOIN_TIMEOUT`` and closes what it gets). Safe to call
+        more than once, and before ``start``.
         """
         self._stopping.set()
+        self._check_now.set()
+        with self._up:
+            self._up.notify_all()
         if self._wake_w is not None:
             try:
                 self._wake_w.send(b"x")
@@ -338,11 +432,19 @@ class Tunnel:
         deadline = time.monotonic() + _JOIN_TIMEOUT
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._watch_thread is not None:
+            self._watch_thread.join(max(0.1, deadline - time.monotonic()))
+        with self._up:
+            session = self._session
+            if self._state != "idle":
+                self._state = "stopped"
+        session.close()
         for sock in (self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
         self._wake_r = self._wake_w = None
         self._accept_thread = None
+        self._watch_thread = None
         self._listener = None
 
     def __enter__(self) -> Tunnel:
@@ -390,6 +492,126 @@ class Tunnel:
             "choose another --local-port",
         )
 
+    # -- the connection to the host
+
+    def _new_session(self, conn: Connector, *, owned: bool) -> HostSession:
+        return HostSession(
+            conn,
+            owned=owned,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_timeout=self.keepalive_timeout,
+        )
+
+    def _connected_message(self, session: HostSession, after: float | None) -> str:
+        where = session.conn.description
+        if not session.is_ssh:
+            return f"forwarding on {where}"
+        text = f"connected to {where}" if after is None else f"reconnected to {where}"
+        if after is not None:
+            text += f" after {after:.1f} s"
+        if not session.holds_pty:
+            text += " (no pty session: small requests may be slow)"
+        return text
+
+    def _report(self, state: str, message: str) -> None:
+        level = logging.WARNING if state in ("lost", "refused") else logging.INFO
+        log.log(level, "tunnel %s: %s", self.url, message)
+        if self.on_state is not None:
+            try:
+                self.on_state(state, message)
+            except Exception as exc:  # a broken callback must not kill the watch thread
+                log.warning("tunnel %s: on_state callback failed: %r", self.url, exc)
+
+    def _watch(self) -> None:
+        session = self._session
+        while not self._stopping.is_set():
+            reason = session.dead_reason()
+            if reason is None:
+                self._check_now.wait(_WATCH_INTERVAL)
+                self._check_now.clear()
+                continue
+            self._lose(session, reason)
+            if self.reconnect is None:
+                return
+            found = self._reconnect(self.reconnect)
+            if found is None:
+                return
+            session = found
+
+    def _lose(self, session: HostSession, reason: str) -> None:
+        with self._up:
+            if self._stopping.is_set():
+                return
+            self._state = "lost"
+        then = "reconnecting" if self.reconnect is not None else "not reconnecting"
+        self._report("lost", f"lost the connection to {session.conn.description}: {reason}; {then}")
+        # In-flight connections fail now (reset), rather than wait on a dead connection.
+        with self._lock:
+            links = [link for link in self._links if link.session is session]
+        for link in links:
+            link.abort()
+        session.close_dead()
+
+    def _reconnect(self, reconnect: Callable[[], Connector]) -> HostSession | None:
+        lost_at = time.monotonic()
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MOST)
+        wait = backoff.next()
+        said: str | None = None
+        while not self._stopping.wait(wait):
+            wait = backoff.next()
+            try:
+                conn = reconnect()
+            except Exception as exc:  # ConnectError, UsageError, or a bug in the callable
+                text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                why = refusal(exc)
+                if why is not None:
+                    wait = _REFUSED_RETRY
+                    with self._up:
+                        self._state = "refused"
+                    hint = getattr(exc, "hint", None)
+                    message = f"{why}: refused, not connecting ({text})"
+                    message += f"; {hint}" if hint else ""
+                    message += f"; trying again every {_REFUSED_RETRY:g} s"
+                    state = "refused"
+                else:
+                    message = f"reconnecting failed: {text}; retrying with backoff"
+                    state = "retrying"
+                if text != said:
+                    self._report(state, message)
+                    said = text
+                else:
+                    log.debug("tunnel %s: %s", self.url, message)
+                continue
+            session = self._new_session(conn, owned=True)
+            try:
+                session.open()
+            except ConnectError as exc:
+                session.close()
+                log.info("tunnel %s: %s; retrying", self.url, exc.message)
+                continue
+            with self._up:
+                if self._stopping.is_set():
+                    session.close()
+                    return None
+                self._session = session
+                self._state = "connected"
+                self._up.notify_all()
+            after = time.monotonic() - lost_at
+            self._report("reconnected", self._connected_message(session, after))
+            return session
+        return None
+
+    def _host_session(self) -> HostSession | None:
+        """Return the session to open a channel on, waiting a while when reconnecting."""
+        deadline = time.monotonic() + _WAIT_FOR_HOST
+        with self._up:
+            while self._state == "lost" and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.reconnect is None:
+                    break
+                self._up.wait(left)
+            return self._session if self._state == "connected" else None
+
     # -- threads
 
     def _accept_loop(self) -> None:
@@ -428,23 +650,40 @@ class Tunnel:
             self._threads.add(thread)
         thread.start()
 
-    def _open_channel(self) -> StreamChannel:
-        return self.conn.open_forward(self.remote_host, self.remote_port)
+    def _open_channel(self, link: _Link) -> StreamChannel | None:
+        session = self._host_session()
+        if session is None:
+            if not self._stopping.is_set():
+                log.info(
+                    "tunnel %s: not connected to the host (%s); closing a new connection from %s",
+                    self.url,
+                    self._state,
+                    link.peer,
+                )
+            return None
+        try:
+            channel = session.conn.open_forward(self.remote_host, self.remote_port)
+        except Exception as exc:  # report, close the client, keep serving
+            if session.transport is not None and not session.transport.is_active():
+                self._check_now.set()  # the watch thread says "lost" and reconnects
+            log.info(  # expected while an engine is still loading (its port is closed)
+                "tunnel %s: cannot open %s:%d on %s: %s",
+                self.url,
+                self.remote_host,
+                self.remote_port,
+                session.conn.description,
+                getattr(exc, "message", None) or exc,
+            )
+            return None
+        with link.lock:
+            link.session = session
+        return channel
 
     def _run_link(self, link: _Link) -> None:
         back: threading.Thread | None = None
         try:
-            try:
-                channel = self._open_channel()
-            except Exception as exc:  # report, close the client, keep serving
-                log.info(  # expected while an engine is still loading (its port is closed)
-                    "tunnel %s: cannot open %s:%d on %s: %s",
-                    self.url,
-                    self.remote_host,
-                    self.remote_port,
-                    self.conn.description,
-                    getattr(exc, "message", None) or exc,
-                )
+            channel = self._open_channel(link)
+            if channel is None:
                 return
             channel.settimeout(None)
             with link.lock:
