@@ -731,6 +731,14 @@ def sandbox_up(
     disk_gb: Annotated[
         float, typer.Option(help="Simulated free disk under the sandbox home, GB.")
     ] = 2000.0,
+    real_engines: Annotated[
+        bool | None,
+        typer.Option(
+            "--real-engines/--stand-in-engines",
+            help="Use the real llama-server built by `python -m mlctl.sandbox.engines build` "
+            "(default: when it has been built).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the sandbox host and save it as a host named `sandbox` (or --name)."""
@@ -739,7 +747,12 @@ def sandbox_up(
     if not disk_gb > 0:
         raise UsageError(f"--disk-gb {disk_gb:g} is not a size.", "Pass a positive number of GB.")
     info = sandbox.up(
-        name, gpus, engines=not no_engines, force_paramiko=paramiko_server, disk_gb=disk_gb
+        name,
+        gpus,
+        engines=not no_engines,
+        force_paramiko=paramiko_server,
+        disk_gb=disk_gb,
+        real_engines=real_engines,
     )
     if as_json:
         _print_json(info.to_json())

@@ -40,6 +40,8 @@ CAUSES: tuple[str, ...] = (
     "quant-unsupported-gpu",
     "tp-divisibility",
     "ollama-memory",
+    "model-file-missing",
+    "engine-bad-flag",
 )
 
 ENGINES: tuple[str, ...] = ("vllm", "ollama", "llamacpp", "hub", "cuda", "nccl", "any")

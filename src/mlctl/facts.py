@@ -141,7 +141,9 @@ _UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as 9223372036854771712
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _NUMBER = re.compile(r"-?\d+")
 _VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+(?:\.\d+)*[\w.+-]*)")
-_LLAMA_BUILD = re.compile(r"version:\s*(\d+)\s*\(([0-9a-f]+)\)")
+_LLAMA_BUILD = re.compile(
+    r"version:\s*(?:\S+\s*\(build\s+)?(\d+)(?:,\s*commit\s+|\s*\()([0-9a-f]+)\)"
+)
 _DF_LINE = re.compile(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s")
 _SMI_DRIVER = re.compile(r"(?:Driver|KMD) Version:\s*([0-9][0-9.]*)")
 _SMI_CUDA = re.compile(r"CUDA (?:UMD )?Version:\s*([0-9][0-9.]*)")

@@ -32,7 +32,7 @@ def sandbox(sandbox_home: Path, sshd_required: None) -> Iterator[host.SandboxInf
     """A running sandbox named ``sandbox`` with 8x A100 80GB."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLCTL_HOME", str(sandbox_home))
-        info = host.up("sandbox", "8xA100-80GB")
+        info = host.up("sandbox", "8xA100-80GB", real_engines=False)
         try:
             yield info
         finally:

@@ -17,7 +17,8 @@ from mlctl.diagnose import CAUSES, Finding, Rule, diagnose, load_rules, parse_ru
 from mlctl.errors import MlctlError
 
 LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
-FIXTURES = sorted(LOGS.glob("*.log"))
+# real-llamacpp/: output of the real llama-server, saved by tests/sandbox/test_real_llamacpp.py
+FIXTURES = sorted(LOGS.glob("*.log")) + sorted((LOGS / "real-llamacpp").glob("*.log"))
 SOURCE_URL = re.compile(r"^https://github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+$")
 
 
@@ -52,7 +53,7 @@ def test_fixture_root_cause(path: Path) -> None:
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 def test_fixture_header(path: Path) -> None:
     source, expected, body = _parse_fixture(path)
-    assert SOURCE_URL.match(source), source
+    assert SOURCE_URL.match(source) or path.parent.name == "real-llamacpp", source
     assert expected == "none" or expected in CAUSES
     assert body.strip()
     prefix = "healthy" if expected == "none" else expected

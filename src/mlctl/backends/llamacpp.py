@@ -132,6 +132,14 @@ def phases() -> list[tuple[str, str]]:
     """Startup phases as (name, regex on a log line), in the order llama-server logs them."""
     return [
         ("loading weights", r"load_model: loading model|llama_model_loader: loaded meta data"),
-        ("warming up", r"initializing slots|warming up the model"),
-        ("serving", r"server is listening on|HTTP server is listening"),
+        # b11312 (0c1e570) logs "load_model: initializing, n_slots = N" and
+        # "llama_server: listening on http://..."; older builds the other alternatives
+        (
+            "warming up",
+            r"initializing slots|warming up the model|load_model: initializing, n_slots",
+        ),
+        (
+            "serving",
+            r"server is listening on|HTTP server is listening|llama_server: listening on",
+        ),
     ]

@@ -5,7 +5,9 @@ and formats of the real repos (Mistral's ``params.json`` + ``tekken.json`` +
 ``consolidated-*.safetensors``; Hugging Face's ``config.json`` + ``model-*.safetensors``;
 Unsloth's split GGUF shards in one folder per quant) at a few kilobytes each. The
 safetensors files are valid (8-byte little-endian header length, JSON header, data); the
-GGUF shards are valid GGUF v3 files holding split metadata and no tensors.
+GGUF shards are valid GGUF v3 files holding split metadata and no tensors, except the
+profile's own quant, which is a tiny real model (:mod:`mlctl.sandbox.tinygguf`) when the
+``gguf`` package is importable.
 
 ``params.json``/``config.json`` mirror the architecture numbers of the profile (layers, heads,
 MLA ranks, experts); only the widths (``dim``, ``hidden_dim``, vocabulary) are sandbox-small,
@@ -22,6 +24,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from mlctl.profiles import Architecture, Profile, list_entries, load_file
+from mlctl.sandbox import tinygguf
 from mlctl.sandbox.hub import HubFile, HubRepo
 
 GATED_REPO_ID = "mlctl-sandbox/gated-model"
@@ -380,13 +383,23 @@ def hf_repo(repo_id: str, arch: Architecture = _SMALL_GQA, *, shards: int = 2) -
 
 
 def gguf_repo(
-    repo_id: str, first_shard: str, other_quants: dict[str, int] | None = None
+    repo_id: str,
+    first_shard: str,
+    other_quants: dict[str, int] | None = None,
+    *,
+    moe: bool = True,
+    real_weights: bool | None = None,
 ) -> HubRepo:
     """Return an Unsloth-style GGUF repo: the split of ``first_shard`` plus other quant folders.
 
     ``other_quants`` maps a quant folder name to its shard count (default: two other quants),
     and a vision projector ``mmproj-F16.gguf`` sits at the top, so ``include`` patterns that
     pick one quant folder are really exercised.
+
+    ``real_weights`` (default: when the ``gguf`` package is importable) makes the split of
+    ``first_shard`` a tiny real model (:mod:`mlctl.sandbox.tinygguf`, a Mixture-of-Experts one
+    when ``moe``) that llama.cpp's ``llama-server`` loads; otherwise, and for the other
+    quants, the shards are valid GGUF files holding only split metadata.
     """
     folder, _, filename = first_shard.rpartition("/")
     match = _SPLIT_RE.match(filename)
@@ -402,7 +415,19 @@ def gguf_repo(
         else:
             wanted.append(f"{quant}/{base}-{quant}.gguf")
     files = _repo_extras(repo_id, gguf=True)
+    real: dict[str, bytes] = {}
+    if real_weights is None:
+        real_weights = tinygguf.available()
+    if real_weights:
+        # The chosen quant's split is a tiny model llama.cpp really loads; others stay small.
+        shards = tinygguf.tiny_gguf_bytes(
+            first_shard.rpartition("/")[2], moe=moe, name=base, seed=repo_id
+        )
+        real = {f"{folder}/{k}" if folder else k: v for k, v in shards.items()}
     for path in wanted:
+        if path in real:
+            files.append(HubFile(path, real[path]))
+            continue
         split = _SPLIT_RE.match(path.rpartition("/")[2])
         no, count = (int(split.group("no")) - 1, int(split.group("count"))) if split else (0, 1)
         files.append(HubFile(path, gguf_bytes("deepseek2", base, no, count, padding=64 * (no + 1))))
@@ -456,7 +481,7 @@ def profile_repos(profile: Profile) -> list[HubRepo]:
     elif ckpt.format == "hf":
         repos.append(hf_repo(ckpt.repo, arch))
     elif ckpt.gguf_file:
-        repos.append(gguf_repo(ckpt.repo, ckpt.gguf_file))
+        repos.append(gguf_repo(ckpt.repo, ckpt.gguf_file, moe=bool(arch.moe_layers)))
     else:
         # An Ollama profile names the original weights (Ollama pulls its own GGUF); Mistral's
         # Ministral 3 repos ship both the Mistral and the HF layout.

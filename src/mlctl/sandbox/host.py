@@ -3,7 +3,8 @@
 ``up`` starts, on 127.0.0.1 only: an SSH server running as the current user
 (OpenSSH ``sshd`` when installed, else mlctl's paramiko server) with fresh keys,
 a local Hugging Face Hub, and stand-ins for ``nvidia-smi``, ``vllm``,
-``ollama`` and ``llama-server`` on the session's PATH. It saves itself as a host
+``ollama`` and ``llama-server`` on the session's PATH (the real ``llama-server`` instead,
+when one is built: :mod:`mlctl.sandbox.engines`). It saves itself as a host
 (default name ``sandbox``) so ``--host sandbox`` works everywhere. Everything
 lives in ``<state dir>/sandbox/<name>/``; ``down`` stops it by pid.
 """
@@ -212,6 +213,46 @@ def write_python_tools(bin_dir: Path) -> list[Path]:
     return paths
 
 
+def write_real_engines(bin_dir: Path, wanted: bool | None) -> dict[str, str]:
+    """Replace stand-ins in ``bin_dir`` by wrappers of the built real engines.
+
+    Returns engine -> "real" for each one replaced. ``wanted`` None: when built;
+    True: SandboxError when none is built; False: none.
+    """
+    from mlctl import shell
+    from mlctl.sandbox.engines import find_llama_server
+
+    if wanted is False:
+        return {}
+    binary = find_llama_server()
+    if binary is None:
+        if wanted:
+            raise SandboxError(
+                "No real llama-server is built for the sandbox.",
+                "Build it once with `python -m mlctl.sandbox.engines build` (about 4 minutes).",
+            )
+        return {}
+    path = bin_dir / "llama-server"
+    path.write_text(f'#!/bin/sh\nexec {shell.quote(str(binary))} "$@"\n')
+    path.chmod(0o755)
+    return {"llama-server": "real"}
+
+
+def _switch_real_engines(bin_dir: Path, info: SandboxInfo, real: bool) -> None:
+    """On a running sandbox, put the real engines (or the stand-ins back) on its PATH."""
+    from mlctl.sandbox.standins.install import TOOLS, wrapper_script
+
+    if info.engines.get("llama-server") not in ("real", "stand-in"):
+        return  # started with --no-engines: the installers own the PATH
+    if real:
+        info.engines.update(write_real_engines(bin_dir, True))
+    elif info.engines.get("llama-server") == "real":
+        path = bin_dir / "llama-server"
+        path.write_text(wrapper_script(TOOLS["llama-server"], sys.executable))
+        path.chmod(0o755)
+        info.engines["llama-server"] = "stand-in"
+
+
 def up(
     name: str = DEFAULT_NAME,
     gpus: str = DEFAULT_GPUS,
@@ -220,9 +261,14 @@ def up(
     force_paramiko: bool = False,
     disk_gb: float = DEFAULT_DISK_GB,
     hub_throttle_bps: int | None = None,
+    real_engines: bool | None = None,
 ) -> SandboxInfo:
     """Start the sandbox (or, when it already runs, switch its GPUs) and save it as a host.
 
+    ``real_engines``: True puts the real engines built by ``python -m mlctl.sandbox.engines
+    build`` on the sandbox's PATH instead of the stand-ins (SandboxError when none is
+    built); None does so when one is built; False keeps the stand-ins. Only llama.cpp's
+    ``llama-server`` has a real engine (``engines["llama-server"] == "real"``).
     Raises SandboxError when a part does not start; what did start is stopped.
     """
     from mlctl.hosts import known_hosts, saved
@@ -236,6 +282,8 @@ def up(
     if existing is not None and is_running(existing):
         write_gpus(state, count, model)
         existing.gpus = f"{count}x{model.key}"
+        if real_engines is not None and "llama-server" in existing.engines:
+            _switch_real_engines(state / "bin", existing, real_engines)
         _record(state, existing)
         return existing
     if existing is not None:
@@ -256,6 +304,7 @@ def up(
             if path.name in ENGINES:
                 path.unlink()
         write_installers(bin_dir)
+    real = write_real_engines(bin_dir, real_engines) if engines else {}
     hub_pid, hub_url = _start_hub(state, throttle_bps=hub_throttle_bps)
     env = _session_env(state, home, hub_url)
     try:
@@ -285,7 +334,9 @@ def up(
         hub_pid=hub_pid,
         disk_gb=disk_gb,
         ssh=server.to_dict(),
-        engines={e: ("stand-in" if engines else "absent (installable)") for e in ENGINES},
+        engines={
+            e: real.get(e, "stand-in" if engines else "absent (installable)") for e in ENGINES
+        },
     )
     _record(state, info)
     known_hosts.forget(server.host, server.port)

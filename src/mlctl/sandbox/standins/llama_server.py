@@ -40,8 +40,8 @@ from mlctl.sandbox.standins.common import (
     stream_chunks,
 )
 
-BUILD = 7500
-COMMIT = "3d4e5f6a"
+BUILD = 11312
+COMMIT = "0c1e570"
 N_LAYER = 61  # Mistral Large 3's block count; the stand-in does not read GGUF headers
 FAILURES = ("oom", "port-in-use", "crash-after-ready")
 _SPLIT = re.compile(r"^(?P<prefix>.*)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.gguf$")
@@ -301,9 +301,9 @@ def oom_lines(inventory: GpuInventory) -> list[str]:
 CRASH_LINES = [
     "CUDA error: an illegal memory access was encountered",
     "  current device: 0, in function ggml_backend_cuda_synchronize at "
-    "/root/.mlctl/engines/llama.cpp-b7500/ggml/src/ggml-cuda/ggml-cuda.cu:2628",
+    "/root/.mlctl/engines/llama.cpp-b11312/ggml/src/ggml-cuda/ggml-cuda.cu:2628",
     "  cudaStreamSynchronize(cuda_ctx->stream())",
-    "/root/.mlctl/engines/llama.cpp-b7500/ggml/src/ggml-cuda/ggml-cuda.cu:88: CUDA error",
+    "/root/.mlctl/engines/llama.cpp-b11312/ggml/src/ggml-cuda/ggml-cuda.cu:88: CUDA error",
 ]
 
 
