@@ -43,10 +43,10 @@ def run_demo(
     out.rule(f"1. A sandbox GPU host: {gpus}")
     info = sandbox.up(DEMO_NAME, gpus, force_paramiko=paramiko_server)
     server = "OpenSSH sshd" if info.ssh_server == "openssh" else "mlctl's paramiko SSH server"
+    engines = ", ".join(f"{name} ({kind})" for name, kind in info.engines.items())
     out.print(
         f"{server} on {info.user}@{info.host}:{info.port} (saved as host {DEMO_NAME!r}), "
-        f"Hugging Face Hub at {info.hub_url}, stand-ins for nvidia-smi, vllm, ollama, "
-        "llama-server."
+        f"Hugging Face Hub at {info.hub_url}, a stand-in nvidia-smi; engines: {engines}."
     )
     session = None
     try:
@@ -66,7 +66,9 @@ def run_demo(
         answer = health.chat_once(
             result.endpoint or "", key, result.served_model, max_tokens=48, prompt=question
         )
-        out.print(f"[bold]{escape(result.served_model)}:[/] {escape(answer.text)}")
+        # a tiny random-weight model answers gibberish: show it printable
+        shown = "".join(ch if ch.isprintable() else "?" for ch in answer.text)
+        out.print(f"[bold]{escape(result.served_model)}:[/] {escape(shown)}")
         out.print(f"[dim]({answer.elapsed_ms:.1f} ms through the SSH tunnel)[/]")
         out.rule(f"4. mlctl status {result.name}")
         render.statuses(daytwo.statuses([state.load(result.name)], open_connector))
