@@ -31,6 +31,10 @@ from mlctl.plan import Plan, build_plan, render_launch_script
 from mlctl.profiles import Profile
 
 StepStatus = Literal["ok", "changed", "failed", "skipped"]
+# Checks that do not depend on the checkpoint's size (run before the Hub is asked).
+HARDWARE_CHECKS = frozenset(
+    {"nvidia-smi", "mig", "gpu-count", "gpu-model", "compute-capability", "driver", "shm"}
+)
 READY_TIMEOUT = 1800.0  # a 675B model takes minutes to load; the sandbox takes milliseconds
 DOWNLOAD_POLL = 0.5
 LOG_POLL = 0.2
@@ -278,11 +282,18 @@ class Deployer:
         self._step("facts", "Gather host facts", run)
         return holder["facts"]
 
-    def preflight(self, facts: HostFacts, profile: Profile) -> None:
-        """Host checks against the profile (with the checkpoint's real size): refuse early."""
+    def preflight(self, facts: HostFacts, profile: Profile, *, hardware_only: bool = False) -> None:
+        """Host checks against the profile: refuse before anything is installed or downloaded.
+
+        ``hardware_only`` runs the checks that do not depend on the checkpoint's size
+        (driver, GPUs, compute capability, /dev/shm) before the Hub is asked; the full set
+        runs once the real file sizes are known.
+        """
 
         def run() -> tuple[StepStatus, str]:
             checks = host_checks(facts, profile, alternatives=self.alternatives)
+            if hardware_only:
+                checks = [c for c in checks if c.id in HARDWARE_CHECKS]
             failed = [c for c in checks if c.status == "fail"]
             if failed:
                 lines = "; ".join(f"{c.title}: {c.detail}" for c in failed)
@@ -294,7 +305,10 @@ class Deployer:
             warned = [f"{c.title}: {c.detail}" for c in checks if c.status == "warn"]
             return "ok", "; ".join(warned) if warned else "every check passed"
 
-        self._step("preflight", "Preflight checks", run)
+        if hardware_only:
+            self._step("hardware", "Hardware checks", run)
+        else:
+            self._step("preflight", "Preflight checks", run)
 
     def checkpoint_metadata(self, facts: HostFacts) -> Profile:
         """Exact files and sizes from the Hub, and gated access with the user's token."""
@@ -650,6 +664,7 @@ def run_deploy(
     try:
         deployer = Deployer(conn, host, profile, options, reporter, alternatives)
         facts = deployer.gather()
+        deployer.preflight(facts, profile, hardware_only=True)
         sized = deployer.checkpoint_metadata(facts)
         deployer.preflight(facts, sized)
         plan = deployer.make_plan(sized, facts)
