@@ -260,6 +260,13 @@ def start_sshd(
     authorized = state_dir / "authorized_keys"
     config = state_dir / "sshd_config"
     log = state_dir / "sshd.log"
+    if not session_env or "HOME" not in session_env:
+        # A home of the sandbox's own: the login shell (bash) then does not source the
+        # user's real ~/.bashrc, whose start-up work (e.g. `pyenv rehash` taking a lock)
+        # slows every session and can hang them all when a killed session leaves it behind.
+        home = state_dir / "home"
+        home.mkdir(exist_ok=True, mode=0o700)
+        session_env = {**(session_env or {}), "HOME": str(home)}
     generate_ed25519_key(host_key, "mlctl-sandbox-host")
     authorized.write_text(generate_ed25519_key(client_key, "mlctl-sandbox-client") + "\n")
     os.chmod(authorized, 0o600)
