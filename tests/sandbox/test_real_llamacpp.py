@@ -283,9 +283,13 @@ def test_moe_experts_overridden_to_cpu(llama_server: Path, moe_split: Path) -> N
                 break
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
         if proc.stdout is not None:
-            proc.stdout.close()
+            proc.stdout.close()  # a -v server blocked on a full pipe cannot shut down otherwise
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
     log = "".join(lines)
     assert "llama_model_loader: additional 3 GGUFs metadata loaded" in log, log[-3000:]
     moved = set(re.findall(r"tensor (blk\.\d+\.ffn_\w+_exps\.weight) .*overridden to CPU", log))
