@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from mlctl.facts import HostFacts
-from mlctl.fit import GB, compute_fit, profiles_that_fit
+from mlctl.fit import GB, compute_fit, disk_bytes_needed, profiles_that_fit
 from mlctl.gpus import family_of
 from mlctl.profiles import Profile
 
@@ -224,9 +224,7 @@ def models_free_bytes(facts: HostFacts, models_dir: str | None = None) -> tuple[
 
 def check_disk(facts: HostFacts, profile: Profile, models_dir: str | None = None) -> Check:
     """Free disk at the models directory against the checkpoint's size."""
-    need = int(profile.checkpoint.size_gb * GB)
-    if profile.serve.speculative is not None:
-        need += int(profile.serve.speculative.size_gb * GB)
+    need = disk_bytes_needed(profile)
     found = models_free_bytes(facts, models_dir)
     if found is None:
         return Check(

@@ -427,12 +427,9 @@ class Deployer:
         wrapper = shell.quote(
             "echo $$ > pid.tmp && mv pid.tmp pid; " + command + "; echo $? > rc.tmp && mv rc.tmp rc"
         )
-        alive = (
-            'p=$(cat pid 2>/dev/null | tr -dc 0-9); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && '
-            '{ [ ! -d "/proc/$p" ] || [ "$(readlink "/proc/$p/cwd")" = "$(pwd -P)" ]; }'
-        )
+        alive = 'ours "$(cat pid 2>/dev/null | tr -dc 0-9)" . rc.tmp'
         start = (
-            f"mkdir -p {d} {local} && cd {d} && "
+            supervise.OURS_FUNCTION + f"mkdir -p {d} {local} && cd {d} && "
             f"if {alive}; then echo running; else "
             "rm -f rc pid; "
             "if command -v setsid >/dev/null 2>&1; then S=setsid; else S=; fi; "
@@ -442,7 +439,8 @@ class Deployer:
         )
         self.conn.run(start, check=True, timeout=30)
         poll = (
-            f"cd {d} && if [ -f rc ]; then cat rc; elif {alive}; then echo -; else echo dead; fi; "
+            supervise.OURS_FUNCTION + f"cd {d} && if [ -f rc ]; then cat rc; "
+            f"elif {alive}; then echo -; else echo dead; fi; "
             f"du -sb {local} 2>/dev/null | cut -f1 || echo 0; "
             "tail -n 5 log 2>/dev/null"
         )

@@ -392,11 +392,17 @@ def _gpu_family_ok(profile: Profile, facts: HostFacts) -> bool:
     return bool(families) and families <= set(profile.gpu_families) | {None}
 
 
-def disk_check(profile: Profile, free_bytes: int | None) -> str | None:
-    """Return a reason when the checkpoint cannot fit on the disk, else None."""
+def disk_bytes_needed(profile: Profile) -> int:
+    """Bytes the download needs on the host: the checkpoint and any speculative draft."""
     need = int(profile.checkpoint.size_gb * GB)
     if profile.serve.speculative is not None:
         need += int(profile.serve.speculative.size_gb * GB)
+    return need
+
+
+def disk_check(profile: Profile, free_bytes: int | None) -> str | None:
+    """Return a reason when the checkpoint cannot fit on the disk, else None."""
+    need = disk_bytes_needed(profile)
     if free_bytes is not None and need > free_bytes:
         return f"the checkpoint needs {_gb(need)} GB of disk but only {_gb(free_bytes)} GB are free"
     return None

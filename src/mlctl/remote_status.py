@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from mlctl import shell
+from mlctl import shell, supervise
 
 LOG_TAIL_LINES = 300
 
@@ -39,22 +39,15 @@ def status_script(root: str, nonce: str, tail_lines: int = LOG_TAIL_LINES) -> st
     q = shell.quote
     return "\n".join(
         [
+            supervise.OURS_FUNCTION,
             f"root={q(root)}",
             'for d in "$root"/deployments/*/; do',
             '  [ -d "$d" ] || continue',
             '  name=$(basename "$d")',
             f'  printf "%s %s\\n" {q(mark + "-name")} "$name"',
             '  pid=$(cat "$d/server.pid" 2>/dev/null | tr -dc 0-9)',
-            "  alive=0",
-            # alive only if the pid is still OUR wrapper (its cwd is the deployment dir):
-            # a stale pid file's number may belong to an unrelated process by now
-            '  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then',
-            '    if [ -d "/proc/$pid" ]; then',
-            '      [ "$(readlink "/proc/$pid/cwd")" = "$(cd "$d" && pwd -P)" ] && alive=1',
-            "    else",
-            '      ps -o args= -p "$pid" 2>/dev/null | grep -q run.sh && alive=1',
-            "    fi",
-            "  fi",
+            # alive only if the pid is still OUR wrapper (see supervise.OURS_FUNCTION)
+            f'  alive=0; ours "$pid" "$d" {supervise.DEPLOYMENT_MARK} && alive=1',
             f'  printf "%s %s %s\\n" {q(mark + "-pid")} "$alive" "${{pid:--}}"',
             '  if [ -f "$d/exit_code" ]; then',
             f'    printf "%s %s\\n" {q(mark + "-exit")} "$(cat "$d/exit_code" | tr -dc 0-9-)"',

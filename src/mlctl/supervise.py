@@ -43,23 +43,29 @@ def start_command(deploy_dir: str) -> str:
     )
 
 
-def _ours_prelude(deploy_dir: str) -> str:
-    """Shell that sets ``pid`` from server.pid and defines ``alive``: true only for OUR process.
+# ``ours PID DIR MARK``: true when PID is alive AND is the process working in DIR. A pid
+# file can outlive its process (a crash, a reboot) and the number can be reused by an
+# unrelated process, even one leading its own process group; a signal to it would hit a
+# stranger. mlctl's wrappers ``cd`` into their directory, so /proc/PID/cwd identifies
+# them; where there is no /proc, the command line must contain MARK. Every check of a
+# pid from a file (deployments, downloads, status) goes through this one function.
+OURS_FUNCTION = (
+    "ours() { "
+    '[ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1; '
+    'if [ -d "/proc/$1" ]; then '
+    '[ "$(readlink "/proc/$1/cwd" 2>/dev/null)" = "$(cd "$2" 2>/dev/null && pwd -P)" ]; '
+    'else ps -o args= -p "$1" 2>/dev/null | grep -q -- "$3"; fi; }; '
+)
+DEPLOYMENT_MARK = "run.sh"  # in the supervisor wrapper's command line
 
-    A pid file can outlive its process (a crash, a reboot) and the number can be
-    reused by an unrelated process, even one leading its own process group; a
-    signal to it would hit a stranger. So ``alive`` also checks that the
-    process's working directory is the deployment directory (the wrapper ``cd``s
-    there), via /proc, or its command line where there is no /proc.
-    """
+
+def _ours_prelude(deploy_dir: str) -> str:
+    """Shell that sets ``pid`` from server.pid and defines ``alive``: true only for OUR process."""
     d = shell.quote(deploy_dir)
     return (
-        f"pid=$(cat {d}/server.pid 2>/dev/null | tr -dc 0-9); "
-        f"dir=$(cd {d} 2>/dev/null && pwd -P); "
-        "alive() { "
-        '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1; '
-        'if [ -d "/proc/$pid" ]; then [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$dir" ]; '
-        "else ps -o args= -p \"$pid\" 2>/dev/null | grep -q 'run.sh'; fi; }; "
+        OURS_FUNCTION
+        + f"pid=$(cat {d}/server.pid 2>/dev/null | tr -dc 0-9); "
+        + f'alive() {{ ours "$pid" {d} {DEPLOYMENT_MARK}; }}; '
     )
 
 

@@ -27,7 +27,7 @@ from mlctl.sandbox.paramiko_server import (
     sandbox_sshd_from_dict,
     start_paramiko_sshd,
 )
-from mlctl.sandbox.sshd import SandboxSshd, _alive, generate_ed25519_key
+from mlctl.sandbox.sshd import SandboxSshd, generate_ed25519_key, pid_alive
 
 NO_DEFAULT_KEYS = ConnectOptions(default_key_files=(), connect_timeout=3.0)
 
@@ -50,7 +50,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
 
 
 def pid_gone(pid: int) -> bool:
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 @pytest.fixture(scope="module")

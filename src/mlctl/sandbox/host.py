@@ -25,6 +25,7 @@ from typing import Any
 from mlctl.errors import SandboxError
 from mlctl.gpus import parse_gpu_spec
 from mlctl.paths import state_dir
+from mlctl.sandbox.sshd import pid_alive, terminate
 
 DEFAULT_NAME = "sandbox"
 DEFAULT_GPUS = "8xA100-80GB"
@@ -65,16 +66,6 @@ def sandbox_dir(name: str) -> Path:
     return state_dir() / "sandbox" / name
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def load(name: str = DEFAULT_NAME) -> SandboxInfo | None:
     """The recorded sandbox ``name``, or None when there is none."""
     path = sandbox_dir(name) / "sandbox.json"
@@ -92,7 +83,7 @@ def load(name: str = DEFAULT_NAME) -> SandboxInfo | None:
 
 def is_running(info: SandboxInfo) -> bool:
     """True when both the SSH server and the Hub of ``info`` are alive."""
-    return _pid_alive(info.sshd_pid) and _pid_alive(info.hub_pid)
+    return pid_alive(info.sshd_pid) and pid_alive(info.hub_pid)
 
 
 def _start_hub(
@@ -317,7 +308,7 @@ def up(
             server = start_paramiko_sshd(state / "ssh", session_env=env)
             kind = "paramiko"
     except BaseException:
-        _kill(hub_pid)
+        terminate(hub_pid, 5.0)
         raise
     info = SandboxInfo(
         name=name,
@@ -373,26 +364,6 @@ def _record(state: Path, info: SandboxInfo) -> None:
     os.replace(tmp, state / "sandbox.json")
 
 
-def _kill(pid: int, timeout: float = 5.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _is_ours(pid: int, needle: str) -> bool:
     """True when process ``pid`` still runs a command line containing ``needle``."""
     try:
@@ -408,10 +379,10 @@ def _is_ours(pid: int, needle: str) -> bool:
 def _stop_pids(info: SandboxInfo) -> None:
     """Stop the SSH server and the Hub, checking first that the pids are still theirs."""
     if _is_ours(info.hub_pid, "mlctl.sandbox.hub"):
-        _kill(info.hub_pid)
+        terminate(info.hub_pid, 5.0)
     ssh_marker = str(info.ssh.get("config_path") or info.state_dir)
     if _is_ours(info.sshd_pid, ssh_marker) or _is_ours(info.sshd_pid, info.state_dir):
-        _kill(info.sshd_pid)
+        terminate(info.sshd_pid, 5.0)
 
 
 def _stop_engines(info: SandboxInfo, timeout: float = 5.0) -> None:
@@ -483,6 +454,6 @@ def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
     return {
         **info.to_json(),
         "running": is_running(info),
-        "sshd_alive": _pid_alive(info.sshd_pid),
-        "hub_alive": _pid_alive(info.hub_pid),
+        "sshd_alive": pid_alive(info.sshd_pid),
+        "hub_alive": pid_alive(info.hub_pid),
     }

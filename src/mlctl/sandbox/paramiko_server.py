@@ -49,10 +49,10 @@ from typing import IO, TYPE_CHECKING, Any
 from mlctl.errors import SandboxError
 from mlctl.sandbox.sshd import (
     SandboxSshd,
-    _alive,
     _read_banner,
-    _terminate,
     generate_ed25519_key,
+    pid_alive,
+    terminate,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def _launch(
     deadline = time.monotonic() + timeout
     chosen = 0
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
         if not chosen:
             # Written once it listens: a banner before that may be another server's.
@@ -183,7 +183,7 @@ def _launch(
             except OSError:
                 pass
         time.sleep(0.02)
-    _terminate(pid, 1.0)
+    terminate(pid, 1.0)
     try:
         with log_file.open("rb") as handle:
             handle.seek(log_start)

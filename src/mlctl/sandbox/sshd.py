@@ -109,7 +109,8 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and has not exited (a zombie counts as exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -157,7 +158,7 @@ class SandboxSshd:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sshd by pid (SIGTERM, then SIGKILL); a pid already gone is fine."""
-        _terminate(self.pid, timeout)
+        terminate(self.pid, timeout)
 
     def regenerate_host_key(self, timeout: float = 5.0) -> None:
         """Give the server a fresh host key: stop, write a new key, start on the same port.
@@ -169,7 +170,8 @@ class SandboxSshd:
         self.pid = _launch(self.sshd_path, self.config_path, self.log_path, self.port, timeout)
 
 
-def _terminate(pid: int, timeout: float) -> None:
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid``, then SIGKILL when it outlives ``timeout`` s; reaps our own children."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
@@ -178,7 +180,7 @@ def _terminate(pid: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             _reap(pid)
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.02)
 
@@ -213,7 +215,7 @@ def _launch(sshd: str, config: Path, log: Path, port: int, timeout: float) -> in
     pid = int(starter.stdout.strip())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
         try:
             if _read_banner(port, 1.0).startswith(b"SSH-2.0-"):
@@ -221,7 +223,7 @@ def _launch(sshd: str, config: Path, log: Path, port: int, timeout: float) -> in
         except OSError:
             pass
         time.sleep(0.02)
-    _terminate(pid, 1.0)
+    terminate(pid, 1.0)
     tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
     raise SandboxError(
         f"sshd did not start on {_HOST}:{port}: " + (" | ".join(tail) or "no log output"),
