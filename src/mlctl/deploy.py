@@ -424,8 +424,9 @@ class Deployer:
         # The wrapper records its own pid ($$) and, at the end, the exit code; it runs in
         # its own session (setsid) so nothing of ours outlives a kill of its group. A
         # download already running (a re-run after Ctrl-C or a cut connection) is joined.
+        # The command runs in a subshell, so even an ``exit`` in it leaves an exit code.
         wrapper = shell.quote(
-            "echo $$ > pid.tmp && mv pid.tmp pid; " + command + "; echo $? > rc.tmp && mv rc.tmp rc"
+            "echo $$ > pid.tmp && mv pid.tmp pid; (" + command + "\n); echo $? > rc.tmp && mv rc.tmp rc"
         )
         alive = 'ours "$(cat pid 2>/dev/null | tr -dc 0-9)" . rc.tmp'
         start = (
@@ -439,8 +440,11 @@ class Deployer:
         )
         self.conn.run(start, check=True, timeout=30)
         poll = (
-            supervise.OURS_FUNCTION + f"cd {d} && if [ -f rc ]; then cat rc; "
-            f"elif {alive}; then echo -; else echo dead; fi; "
+            # Alive first, then rc: the wrapper writes rc just before it exits, so a
+            # process found gone with no rc afterwards really died (the other order
+            # races with a download that finishes between the two checks).
+            supervise.OURS_FUNCTION + f"cd {d} && if {alive}; then echo -; "
+            "elif [ -f rc ]; then cat rc; else echo dead; fi; "
             f"du -sb {local} 2>/dev/null | cut -f1 || echo 0; "
             "tail -n 5 log 2>/dev/null"
         )
