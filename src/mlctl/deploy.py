@@ -426,7 +426,9 @@ class Deployer:
         # download already running (a re-run after Ctrl-C or a cut connection) is joined.
         # The command runs in a subshell, so even an ``exit`` in it leaves an exit code.
         wrapper = shell.quote(
-            "echo $$ > pid.tmp && mv pid.tmp pid; (" + command + "\n); echo $? > rc.tmp && mv rc.tmp rc"
+            "echo $$ > pid.tmp && mv pid.tmp pid; ("
+            + command
+            + "\n); echo $? > rc.tmp && mv rc.tmp rc"
         )
         alive = 'ours "$(cat pid 2>/dev/null | tr -dc 0-9)" . rc.tmp'
         start = (

@@ -93,7 +93,8 @@ def test_a_running_download_is_joined_not_started_twice(tmp_path: Path) -> None:
     # start one in the background exactly as a deploy would, then cut away (no polling)
     first.run(
         f"cd {tmp_path} && mkdir -p {state} && cd {state} && "
-        f"{{ setsid nohup sh -c 'echo $$ > pid; {command}; echo $? > rc' >log 2>&1 </dev/null & }}; "
+        f"{{ setsid nohup sh -c 'echo $$ > pid; {command}; echo $? > rc' >log 2>&1 </dev/null & }};"
+        " "
         "while [ ! -s pid ]; do sleep 0.01; done",
         check=True,
     )
