@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from mlctl import tunnel_pipe
 from mlctl.errors import ConnectError, UsageError
 from mlctl.hosts.base import Connector, StreamChannel
 from mlctl.tunnel_session import Backoff, HostSession, refusal
@@ -249,9 +250,13 @@ def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket
     return True
 
 
-def _pump_back(link: _Link, channel: StreamChannel) -> None:
+def _pump_back(link: _Link, channel: StreamChannel, pipe: tunnel_pipe.DirectPipe | None) -> None:
     # A failing channel (transport lost) must also end the client's side, or it would hang.
-    if not _pump(channel, link.client):
+    if pipe is not None:
+        ok = tunnel_pipe.pump(pipe, channel, link.client, _CHANNEL_CHUNK)
+    else:
+        ok = _pump(channel, link.client)
+    if not ok:
         link.abort()
 
 
@@ -691,7 +696,9 @@ class Tunnel:
                 aborted = link.aborted
             if aborted:
                 return
-            back = threading.Thread(target=_pump_back, args=(link, channel), daemon=True)
+            # Replies go to the client from paramiko's thread where they can (tunnel_pipe).
+            pipe = tunnel_pipe.install(channel, link.client)
+            back = threading.Thread(target=_pump_back, args=(link, channel, pipe), daemon=True)
             with self._lock:
                 self._threads.add(back)
             back.start()
