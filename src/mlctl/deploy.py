@@ -10,25 +10,25 @@ restarts the engine and says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from mlctl import __version__, diagnose, shell, supervise
+from mlctl import diagnose, shell, supervise
 from mlctl.backends import backend_for
 from mlctl.backends.base import DownloadSpec, RemoteLayout
 from mlctl.checks import host_checks
-from mlctl.errors import HealthError, HubError, MlctlError, RemoteError
+from mlctl.deploy_spec import download_fingerprint, sized_profile, spec_hash, spec_of
+from mlctl.errors import DeployError, HealthError, HubError, MlctlError, RemoteError
 from mlctl.facts import HostFacts
 from mlctl.fit import GB
 from mlctl.hosts.base import Connector
 from mlctl.plan import Plan, build_plan, render_launch_script
 from mlctl.profiles import Profile
+from mlctl.startup_log import PhaseTracker, failure_from_log, failure_or
 
 StepStatus = Literal["ok", "changed", "failed", "skipped"]
 # Checks that do not depend on the checkpoint's size (run before the Hub is asked).
@@ -38,10 +38,6 @@ HARDWARE_CHECKS = frozenset(
 READY_TIMEOUT = 1800.0  # a 675B model takes minutes to load; the sandbox takes milliseconds
 DOWNLOAD_POLL = 0.5
 LOG_POLL = 0.2
-
-
-class DeployError(MlctlError):
-    """A deploy step failed; the message names the step, the cause and the fix."""
 
 
 @dataclass
@@ -141,89 +137,6 @@ class DeployResult:
                 for s in self.steps
             ],
         }
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def spec_of(plan: Plan, profile: Profile) -> dict[str, Any]:
-    """What was deployed: enough to tell whether a re-deploy must restart the engine."""
-    return {
-        "mlctl": __version__,
-        "name": plan.name,
-        "profile": profile.model_dump(mode="json"),
-        "launch": plan.launch.command(),
-        "max_model_len": plan.fit.chosen_context,
-    }
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    """A stable hash of a spec (the profile's content and the exact launch)."""
-    canonical = dict(spec)
-    canonical.pop("mlctl", None)
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def sized_profile(profile: Profile, total_bytes: int) -> Profile:
-    """The profile with the checkpoint's real size from the Hub instead of the recorded one."""
-    data = profile.model_dump()
-    data["checkpoint"]["size_gb"] = total_bytes / GB
-    data["checkpoint"]["size_source"] = "Hub file list at deploy time"
-    return Profile.model_validate(data)
-
-
-class PhaseTracker:
-    """Turns engine log text into startup phases, and the first diagnosis into an error."""
-
-    def __init__(self, patterns: Sequence[tuple[str, str]], started: float) -> None:
-        self._patterns = [(name, re.compile(rx)) for name, rx in patterns]
-        self._seen: set[str] = set()
-        self._partial = ""
-        self._text: list[str] = []
-        self.started = started
-        self.phases: list[tuple[str, float]] = []
-
-    def feed(self, chunk: str, now: float) -> list[tuple[str, float]]:
-        """Add new log text; return the phases first seen in it."""
-        data = self._partial + chunk
-        lines = data.split("\n")
-        self._partial = lines.pop()
-        new: list[tuple[str, float]] = []
-        for line in lines:
-            self._text.append(line)
-            for name, rx in self._patterns:
-                if name not in self._seen and rx.search(line):
-                    self._seen.add(name)
-                    item = (name, now - self.started)
-                    self.phases.append(item)
-                    new.append(item)
-        return new
-
-    def text(self) -> str:
-        """All complete log lines fed so far."""
-        return "\n".join(self._text + ([self._partial] if self._partial else []))
-
-    def findings(self) -> list[diagnose.Finding]:
-        """The diagnosis of the log so far."""
-        return diagnose.diagnose(self.text())
-
-
-def failure_from_log(tracker: PhaseTracker, exit_code: int | None, name: str) -> DeployError:
-    """The error a deploy raises when the engine died or its log names a failure."""
-    findings = tracker.findings()
-    state = f"exited with code {exit_code}" if exit_code is not None else "is failing"
-    if findings:
-        root = findings[0]
-        return DeployError(
-            f"The engine {state}: {root.cause} — {root.summary} "
-            f"(server.log line {root.line}: {root.evidence})",
-            f"{root.fix} Full log: `mlctl logs {name}`.",
-        )
-    tail = " | ".join(tracker.text().strip().splitlines()[-3:]) or "empty log"
-    return DeployError(
-        f"The engine {state} and its log names no known cause (last lines: {tail}).",
-        f"Read the whole log with `mlctl logs {name}`; `mlctl doctor --host HOST` checks the host.",
-    )
 
 
 # --------------------------------------------------------------------------- the runner
@@ -409,7 +322,7 @@ class Deployer:
         def run() -> tuple[StepStatus, str]:
             quoted_marker = shell.quote(marker)
             done = self.conn.run(f"cat {quoted_marker} 2>/dev/null", timeout=30)
-            fingerprint = _download_fingerprint(spec)
+            fingerprint = download_fingerprint(spec)
             if done.ok and done.stdout.strip() == fingerprint:
                 return "ok", f"{spec.repo} already downloaded to {spec.local_dir}"
             self._run_download(spec, command, state_dir)
@@ -601,23 +514,6 @@ class Deployer:
         except HealthError as exc:
             raise failure_or(exc, tracker) from None
         return tracker.phases
-
-
-def failure_or(exc: HealthError, tracker: PhaseTracker) -> MlctlError:
-    """Prefer the log's diagnosis over a bare readiness timeout."""
-    findings = tracker.findings()
-    if findings:
-        root = findings[0]
-        return DeployError(
-            f"{exc.message} The engine's log says: {root.cause} ({root.evidence}).", root.fix
-        )
-    return exc
-
-
-def _download_fingerprint(spec: DownloadSpec) -> str:
-    return hashlib.sha256(
-        json.dumps([spec.repo, spec.revision, sorted(spec.include), spec.size_bytes]).encode()
-    ).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- the whole deploy

@@ -63,3 +63,7 @@ class StateError(MlctlError):
 
 class SandboxError(MlctlError):
     """The sandbox host could not be started, reached or stopped."""
+
+
+class DeployError(MlctlError):
+    """A deploy step failed; the message names the step, the cause and the fix."""
