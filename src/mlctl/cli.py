@@ -53,6 +53,14 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ModelsDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--models-dir",
+        help="Where checkpoints go on the host (default ~/.mlctl/models), e.g. a big "
+        "volume: /workspace/models on RunPod.",
+    ),
+]
 HostKeyPolicyOpt = Annotated[
     str,
     typer.Option(
@@ -219,14 +227,19 @@ def plan(
         int | None, typer.Option(help="Request this context length instead of the profile's.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Deployment name (default: profile).")] = None,
+    models_dir: ModelsDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a deploy would do: the fit, the exact commands and the warnings."""
     from mlctl import profiles, render
+    from mlctl.backends.base import RemoteLayout
     from mlctl.errors import FitError
     from mlctl.fit import compute_fit
     from mlctl.plan import build_plan, fit_error_json, plan_json
+    from mlctl.remote_paths import models_dir as parse_models_dir
 
+    models = parse_models_dir(models_dir) if models_dir is not None else None
+    layout = RemoteLayout(models_root=models.layout_path if models else None)
     profile = profiles.load(profile_name)
     if host and (gpus or nodes):
         raise UsageError(
@@ -238,7 +251,12 @@ def plan(
         raise UsageError(f"--max-model-len {max_model_len} is too small.", "Use 256 or more.")
     try:
         result = build_plan(
-            profile, facts, name=name, max_model_len=max_model_len, alternatives=_all_profiles()
+            profile,
+            facts,
+            name=name,
+            layout=layout,
+            max_model_len=max_model_len,
+            alternatives=_all_profiles(),
         )
     except FitError as exc:
         report = compute_fit(profile, facts, max_model_len=max_model_len)
@@ -276,6 +294,7 @@ def deploy(
     max_model_len: Annotated[
         int | None, typer.Option(help="Request this context length instead of the profile's.")
     ] = None,
+    models_dir: ModelsDirOpt = None,
     detach: Annotated[
         bool, typer.Option(help="Return once ready instead of holding the tunnel open.")
     ] = False,
@@ -292,7 +311,10 @@ def deploy(
     profile = profiles.load(profile_name)
     if local_port is not None and not 1024 <= local_port <= 65535:
         raise UsageError(f"--local-port {local_port} is out of range.", "Use 1024-65535.")
+    from mlctl.remote_paths import models_dir as parse_models_dir
+
     options = DeployOptions(
+        models_dir=parse_models_dir(models_dir) if models_dir is not None else None,
         name=name,
         local_port=local_port,
         strict_port=strict_port,
@@ -461,11 +483,25 @@ def stop(
     from mlctl.hosts.open import open_connector
 
     record = _record(name)
+    shared = daytwo.shared_model_dirs(record, state.list_records()) if purge_model else []
     conn = open_connector(record.host, host_key_policy=_policy(host_key_policy))
     try:
-        outcome = daytwo.stop(conn, record, purge=purge, purge_model=purge_model)
+        outcome = daytwo.stop(conn, record, purge=purge, purge_model=purge_model, keep=shared)
     finally:
         conn.close()
+    if purge_model:
+        deleted = [d for d in daytwo.model_dirs(record) if d not in shared]
+        for d in deleted:
+            typer.echo(f"Deleted the model files in {d} on {record.host}.")
+        for d in shared:
+            typer.echo(f"Kept {d}: another deployment on {record.host} uses it.")
+        if not deleted and not shared:
+            why = (
+                " (Ollama keeps its models itself: `ollama rm TAG` on the host)"
+                if record.engine == "ollama"
+                else ""
+            )
+            typer.echo(f"No downloaded model files recorded for {name}{why}.")
     if purge:
         state.remove(name)
     words = {

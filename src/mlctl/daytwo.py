@@ -8,7 +8,7 @@ to the deployment's host and runs one or two remote commands built by
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -187,11 +187,41 @@ def _uptime(conn: Connector, pid: int) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def model_dirs(record: DeploymentRecord) -> list[str]:
+    """The checkpoint directories this deployment downloaded (what --purge-model deletes)."""
+    dirs = record.extra.get("model_dirs", [])
+    # Only directories shaped like mlctl's own (".../org--repo"): a hand-edited state file
+    # must not turn --purge-model into `rm -rf` of something else.
+    return [
+        str(d)
+        for d in (dirs if isinstance(dirs, list) else [])
+        if "--" in str(d).rstrip("/").rsplit("/", 1)[-1] and str(d).count("/") >= 2
+    ]
+
+
+def shared_model_dirs(record: DeploymentRecord, others: Iterable[DeploymentRecord]) -> list[str]:
+    """Pure: this deployment's model directories that another one on the same host uses."""
+    used = {
+        d
+        for other in others
+        if other.host == record.host and other.name != record.name
+        for d in model_dirs(other)
+    }
+    return [d for d in model_dirs(record) if d in used]
+
+
 def stop(
-    conn: Connector, record: DeploymentRecord, *, purge: bool = False, purge_model: bool = False
+    conn: Connector,
+    record: DeploymentRecord,
+    *,
+    purge: bool = False,
+    purge_model: bool = False,
+    keep: Collection[str] = (),
 ) -> str:
     """Stop the engine (TERM, then KILL after a timeout); optionally delete its files.
 
+    With ``purge_model``, the model directories in ``model_dirs(record)`` are deleted,
+    except those in ``keep`` (another deployment on the host uses them).
     Returns what happened: ``terminated``, ``killed``, ``not-running`` or ``not-started``.
     """
     d = shell.quote(record.remote_dir)
@@ -201,8 +231,9 @@ def stop(
     else:
         conn.run(f"[ -d {d} ] && : > {d}/{STOPPED_MARK}", timeout=30)
     if purge_model:
-        for model_dir in record.extra.get("model_dirs", []):
-            conn.run(f"rm -rf {shell.quote(str(model_dir))}", check=True, timeout=600)
+        for model_dir in model_dirs(record):
+            if model_dir not in keep:
+                conn.run(f"rm -rf {shell.quote(model_dir)}", check=True, timeout=600)
     return outcome.splitlines()[-1] if outcome else "unknown"
 
 

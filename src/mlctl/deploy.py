@@ -28,6 +28,7 @@ from mlctl.fit import GB
 from mlctl.hosts.base import Connector
 from mlctl.plan import Plan, build_plan, render_launch_script
 from mlctl.profiles import Profile
+from mlctl.remote_paths import ModelsDir
 from mlctl.startup_log import PhaseTracker, failure_from_log, failure_or
 
 StepStatus = Literal["ok", "changed", "failed", "skipped"]
@@ -90,6 +91,7 @@ class DeployOptions:
     hf_token: str | None = None
     dry_run: bool = False
     ready_timeout: float = READY_TIMEOUT
+    models_dir: ModelsDir | None = None
 
 
 @dataclass
@@ -189,7 +191,10 @@ class Deployer:
         holder: dict[str, HostFacts] = {}
 
         def run() -> tuple[StepStatus, str]:
-            holder["facts"] = gather_facts(self.conn)
+            models = self.options.models_dir
+            holder["facts"] = gather_facts(
+                self.conn, models_dirs=[models.probe_path] if models else ()
+            )
             return "ok", holder["facts"].gpu_summary()
 
         self._step("facts", "Gather host facts", run)
@@ -204,7 +209,13 @@ class Deployer:
         """
 
         def run() -> tuple[StepStatus, str]:
-            checks = host_checks(facts, profile, alternatives=self.alternatives)
+            models = self.options.models_dir
+            checks = host_checks(
+                facts,
+                profile,
+                alternatives=self.alternatives,
+                models_dir=models.probe_path if models else None,
+            )
             if hardware_only:
                 checks = [c for c in checks if c.id in HARDWARE_CHECKS]
             failed = [c for c in checks if c.status == "fail"]
@@ -256,7 +267,10 @@ class Deployer:
 
     def make_plan(self, profile: Profile, facts: HostFacts) -> Plan:
         """The plan against the real facts (raises FitError with the sums)."""
-        layout = RemoteLayout(root=facts.root or "$HOME/.mlctl")
+        models = self.options.models_dir
+        layout = RemoteLayout(
+            root=facts.root or "$HOME/.mlctl", models_root=models.layout_path if models else None
+        )
         return build_plan(
             profile,
             facts,
@@ -268,7 +282,7 @@ class Deployer:
 
     def secrets(self, plan: Plan, api_key: str) -> None:
         """The HF token and the API key into 0600 files on the host, over stdin."""
-        layout = RemoteLayout(root=plan.layout_root)
+        layout = plan.layout()
         deploy_dir = layout.deployment_dir(plan.name)
 
         def run() -> tuple[StepStatus, str]:
@@ -395,7 +409,7 @@ class Deployer:
 
     def launch(self, plan: Plan, profile: Profile) -> bool:
         """Write spec.json and run.sh; start, keep or restart the engine. True if started."""
-        layout = RemoteLayout(root=plan.layout_root)
+        layout = plan.layout()
         deploy_dir = layout.deployment_dir(plan.name)
         spec = spec_of(plan, profile)
         digest = spec_hash(spec)
@@ -446,7 +460,7 @@ class Deployer:
         """Follow the log through the startup phases until the endpoint answers a real chat."""
         from mlctl import health
 
-        layout = RemoteLayout(root=plan.layout_root)
+        layout = plan.layout()
         deploy_dir = layout.deployment_dir(plan.name)
         backend = backend_for(plan.engine)
         started = time.monotonic()
@@ -568,7 +582,7 @@ def run_deploy(
         sized = deployer.checkpoint_metadata(facts)
         deployer.preflight(facts, sized)
         plan = deployer.make_plan(sized, facts)
-        layout = RemoteLayout(root=plan.layout_root)
+        layout = plan.layout()
         result = DeployResult(
             name=plan.name,
             host=host,
@@ -619,7 +633,11 @@ def run_deploy(
                 spec_hash=spec_hash(spec_of(plan, sized)),
                 created_at=time.time(),
                 updated_at=time.time(),
-                extra={"health_path": plan.launch.health_path},
+                extra={
+                    "health_path": plan.launch.health_path,
+                    # what `mlctl stop --purge-model` deletes
+                    "model_dirs": [spec.local_dir for spec in plan.downloads],
+                },
             )
         )
         return Session(result, conn, tunnel)

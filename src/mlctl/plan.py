@@ -43,11 +43,16 @@ class Plan(BaseModel):
     engine_version: str
     host: str
     layout_root: str
+    models_root: str | None = None
     fit: FitReport
     launch: LaunchSpec
     downloads: list[DownloadSpec] = Field(default_factory=list)
     steps: list[Step]
     warnings: list[str] = Field(default_factory=list)
+
+    def layout(self) -> RemoteLayout:
+        """Where this plan puts things on the host."""
+        return RemoteLayout(root=self.layout_root, models_root=self.models_root)
 
 
 def default_name(profile: Profile) -> str:
@@ -231,6 +236,7 @@ def build_plan(
         engine_version=profile.engine.version,
         host=("assumed " if facts.source == "assumed" else "") + facts.gpu_summary(),
         layout_root=layout.root,
+        models_root=layout.models_root,
         fit=report,
         launch=launch,
         downloads=downloads,

@@ -70,6 +70,11 @@ def test_plan_with_gpus_and_nodes(run_cli: Cli) -> None:
         (["plan", "--nodes", "0"], "--nodes 0"),
         (["doctor", "--log", "/nonexistent/file.log"], "does not exist"),
         (["doctor"], "Nothing to check"),
+        # refused before any connection is tried (the host does not exist)
+        (
+            ["deploy", "-p", "a100-nvfp4", "--host", "nohost.invalid", "--models-dir", "models"],
+            "--models-dir 'models' is not an absolute path",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error(args: list[str], needle: str, run_cli: Cli) -> None:
@@ -167,7 +172,8 @@ def test_help_does_not_import_heavy_modules() -> None:
 
 def test_pure_modules_do_not_import_io_libraries() -> None:
     code = (
-        "import sys; import mlctl.plan, mlctl.fit, mlctl.profiles, mlctl.diagnose; "
+        "import sys; import mlctl.plan, mlctl.fit, mlctl.profiles, mlctl.diagnose, "
+        "mlctl.deploy_spec, mlctl.startup_log, mlctl.remote_paths; "
         "bad = [m for m in ('paramiko', 'httpx', 'huggingface_hub', 'subprocess') "
         "if m in sys.modules and m != 'subprocess']; print(','.join(bad))"
     )

@@ -229,3 +229,30 @@ def test_secrets_never_leak(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
                 mode = stat.S_IMODE(path.stat().st_mode)
                 if mode & 0o077:
                     assert secret not in path.read_text(errors="replace"), path
+
+
+def test_models_dir_holds_the_checkpoint_and_purge_model_respects_sharing(
+    sandbox: host.SandboxInfo, run_cli: Cli
+) -> None:
+    volume = Path(sandbox.home) / "volume" / "models"  # a big volume, as on RunPod
+    repo_dir = volume / profiles.load("a100-nvfp4").checkpoint.repo.replace("/", "--")
+    args = ["deploy", "-p", "a100-nvfp4", "--host", "sandbox", "--detach", "--json"]
+    code, out, err = run_cli([*args, "--models-dir", str(volume)])
+    assert code == 0, out + err
+    assert sorted(p.name for p in repo_dir.iterdir() if p.suffix == ".safetensors")
+    run_sh = Path(sandbox.home) / ".mlctl" / "deployments" / "a100-nvfp4" / "run.sh"
+    assert str(repo_dir) in run_sh.read_text()  # the engine loads it from there
+    assert run_cli(["stop", "a100-nvfp4"])[0] == 0
+
+    # a second deployment of the same checkpoint in the same directory: downloaded once
+    code, out, err = run_cli([*args, "--models-dir", str(volume), "--name", "twin"])
+    assert code == 0, out + err
+    steps = {s["title"].split()[0]: s["status"] for s in json.loads(out)["steps"]}
+    assert steps["Download"] == "ok"
+
+    code, out, _ = run_cli(["stop", "a100-nvfp4", "--purge", "--purge-model"])
+    assert code == 0 and f"Kept {repo_dir}: another deployment" in out
+    assert repo_dir.is_dir()
+    code, out, _ = run_cli(["stop", "twin", "--purge", "--purge-model"])
+    assert code == 0 and f"Deleted the model files in {repo_dir}" in out
+    assert not repo_dir.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from mlctl.daytwo import STOPPED_MARK, classify
+from mlctl.daytwo import STOPPED_MARK, classify, model_dirs, shared_model_dirs
 from mlctl.remote_status import RemoteDeployment
 from mlctl.state import DeploymentRecord
 
@@ -60,3 +60,34 @@ def test_stopped_and_gone() -> None:
     assert classify(record(), stopped, healthy=None).state == "stopped"
     gone = classify(record(), None, healthy=None)
     assert gone.state == "stopped" and gone.error
+
+
+def _with_dirs(name: str, host: str, dirs: object) -> DeploymentRecord:
+    r = record()
+    r.name, r.host = name, host
+    r.extra = {"model_dirs": dirs}
+    return r
+
+
+def test_model_dirs_only_mlctl_shaped_directories() -> None:
+    dirs = [
+        "$HOME/.mlctl/models/mistralai--Large",
+        "/workspace/models/org--repo/",
+        "/",  # a hand-edited state file must not reach rm -rf
+        "$HOME",
+        "/workspace/models",
+        "--x",
+    ]
+    assert model_dirs(_with_dirs("d", "h", dirs)) == dirs[:2]
+    assert model_dirs(_with_dirs("d", "h", "not a list")) == []
+    assert model_dirs(record()) == []  # records from before model_dirs was kept
+
+
+def test_shared_model_dirs_are_those_another_deployment_on_the_host_uses() -> None:
+    mine = _with_dirs("a", "gpu1", ["/v/org--one", "/v/org--two"])
+    others = [
+        mine,  # itself does not count
+        _with_dirs("b", "gpu1", ["/v/org--two"]),
+        _with_dirs("c", "gpu2", ["/v/org--one"]),  # another host: its own disk
+    ]
+    assert shared_model_dirs(mine, others) == ["/v/org--two"]

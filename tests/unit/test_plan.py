@@ -122,3 +122,18 @@ def test_launch_script_runs_in_a_real_shell(tmp_path) -> None:  # type: ignore[n
     got = json.loads(out)
     assert got["argv"] == plan.launch.argv[1:]
     assert got["key"] == "sk-test-123"
+
+
+def test_models_dir_moves_checkpoints_and_nothing_else() -> None:
+    layout = RemoteLayout(models_root="/workspace/models")
+    plan = build_plan(profiles.load("a100-nvfp4"), _facts("8xA100-80GB"), layout=layout)
+    (spec,) = plan.downloads
+    assert spec.local_dir.startswith("/workspace/models/mistralai--")
+    assert spec.local_dir in plan.launch.argv  # vLLM serves it from there
+    assert plan.layout() == layout and plan.layout().deployment_dir("x").startswith("$HOME/")
+    ollama = build_plan(
+        profiles.load("4090-ministral-14b"), _facts("1xRTX4090-24GB"), layout=layout
+    )
+    assert ollama.launch.env["OLLAMA_MODELS"] == "/workspace/models/ollama"
+    default = build_plan(profiles.load("a100-nvfp4"), _facts("8xA100-80GB"))
+    assert default.downloads[0].local_dir.startswith("$HOME/.mlctl/models/")

@@ -9,14 +9,16 @@ from mlctl import shell
 
 @dataclass(frozen=True)
 class RemoteLayout:
-    """Where mlctl keeps things on the host; everything lives under ``root``."""
+    """Where mlctl keeps things on the host: everything under ``root``, except the
+    checkpoints when ``models_root`` puts them elsewhere (a big volume)."""
 
     root: str = "$HOME/.mlctl"
+    models_root: str | None = None  # --models-dir: checkpoints on another volume
 
     @property
     def models_dir(self) -> str:
-        """Directory of downloaded checkpoints."""
-        return f"{self.root}/models"
+        """Directory of downloaded checkpoints (``ROOT/models`` unless --models-dir)."""
+        return self.models_root or f"{self.root}/models"
 
     @property
     def secrets_dir(self) -> str:
