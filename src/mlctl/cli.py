@@ -595,6 +595,7 @@ def doctor(
     profile_name: Annotated[
         str | None, typer.Option("--profile", "-p", help="Check the host against this profile.")
     ] = None,
+    models_dir: ModelsDirOpt = None,
     host_key_policy: HostKeyPolicyOpt = "accept-new",
     as_json: JsonOpt = False,
 ) -> None:
@@ -620,13 +621,16 @@ def doctor(
     assert host is not None
     from mlctl import profiles
     from mlctl.doctor import run_doctor
+    from mlctl.remote_paths import models_dir as parse_models_dir
 
+    models = parse_models_dir(models_dir) if models_dir is not None else None
     profile = profiles.load(profile_name) if profile_name else None
     report = run_doctor(
         host,
         profile,
         alternatives=_all_profiles(),
         host_key_policy=_policy(host_key_policy),
+        models_dir=models.probe_path if models else None,
     )
     if as_json:
         _print_json(report.to_json())

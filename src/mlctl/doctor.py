@@ -110,8 +110,12 @@ def run_doctor(
     alternatives: Sequence[Profile] = (),
     host_key_policy: HostKeyPolicy = "accept-new",
     check_local_port: bool = True,
+    models_dir: str | None = None,
 ) -> DoctorReport:
-    """Run every check against ``host``; never raises for what it can report as a check."""
+    """Run every check against ``host``; never raises for what it can report as a check.
+
+    ``models_dir`` (the probe's spelling, see remote_paths) is where the disk check looks.
+    """
     from mlctl.gather import gather_facts
     from mlctl.hosts.open import open_connector
 
@@ -128,14 +132,18 @@ def run_doctor(
             Check("ssh", "SSH", "ok", f"connected to {conn.description} in {elapsed:.0f} ms")
         )
         try:
-            facts = gather_facts(conn)
+            facts = gather_facts(conn, models_dirs=[models_dir] if models_dir else ())
         except (ConnectError, RemoteError) as exc:
             report.checks.append(Check("probe", "Facts probe", "fail", exc.message, exc.hint or ""))
             return report
         report.facts = facts
         port_free = local_port_free(profile.serve.port) if (profile and check_local_port) else None
         report.checks += host_checks(
-            facts, profile, alternatives=alternatives, local_port_free=port_free
+            facts,
+            profile,
+            alternatives=alternatives,
+            models_dir=models_dir,
+            local_port_free=port_free,
         )
         if facts.deployments and facts.root:
             try:

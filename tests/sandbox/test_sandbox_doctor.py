@@ -51,6 +51,14 @@ def test_doctor_passes_a100_profile(sandbox: host.SandboxInfo, run_cli: Cli) -> 
     assert {"ssh", "nvidia-smi", "gpu-count", "gpu-model", "fit", "disk", "shm"} <= ids
 
 
+def test_doctor_measures_the_disk_at_models_dir(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
+    args = ["doctor", "--host", "sandbox", "--profile", "a100-nvfp4", "--json"]
+    code, out, _ = run_cli([*args, "--models-dir", "~/volume/models"])
+    disk = {c["id"]: c for c in json.loads(out)["checks"]}["disk"]
+    assert code == 0 and disk["status"] == "ok"
+    assert "GB free at ~/volume/models" in disk["detail"]
+
+
 def test_doctor_fails_gpu_checks_on_4090s(sandbox: host.SandboxInfo, run_cli: Cli) -> None:
     code, out, _ = run_cli(["sandbox", "up", "--gpus", "4xRTX4090-24GB"])
     assert code == 0
