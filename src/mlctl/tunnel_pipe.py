@@ -185,6 +185,10 @@ def install(channel: Any, client: socket.socket) -> DirectPipe | None:
     """
     if not enabled() or not all(hasattr(channel, name) for name in _REQUIRED_CHANNEL):
         return None
+    if client.gettimeout() is not None:
+        # A socket with a timeout waits for room before even a MSG_DONTWAIT send: that
+        # wait would be on paramiko's thread, stalling every channel of the connection.
+        return None
     old = channel.in_buffer
     if not all(hasattr(old, name) for name in ("_lock", "_buffer_frombytes", "empty")):
         return None

@@ -230,6 +230,9 @@ def test_install_declines(pair: tuple[socket.socket, ...], monkeypatch: pytest.M
     channel = FakeChannel()
     channel.in_buffer = object()  # a buffer of some other shape
     assert tunnel_pipe.install(channel, client) is None
+    client.settimeout(1.0)  # a send on it could wait: never on paramiko's thread
+    assert tunnel_pipe.install(FakeChannel(), client) is None
+    client.settimeout(None)
     monkeypatch.setenv("MLCTL_TUNNEL_DIRECT", "0")
     channel = FakeChannel()
     assert tunnel_pipe.install(channel, client) is None
