@@ -537,22 +537,12 @@ def tunnel(
     record = _record(name)
     port = local_port or record.local_port
     if print_ssh:
-        from mlctl.hosts import saved
-
-        target = saved.resolve(record.host)
-        # -tt with a remote sleep, not -N: a session with a terminal makes sshd switch off
-        # Nagle's algorithm on its side (without it small requests stall ~40 ms)
-        argv = ["ssh", "-tt", "-L", f"127.0.0.1:{port}:127.0.0.1:{record.remote_port}"]
-        if target.port != 22:
-            argv += ["-p", str(target.port)]
-        for key in target.identity_files:
-            argv += ["-i", key]
-        if target.proxy_jump:
-            argv += ["-J", target.proxy_jump]
-        argv.append(f"{target.user}@{target.host}" if target.user else target.host)
-        argv.append("sleep 2147483647")
         from mlctl import shell
+        from mlctl.hosts import known_hosts, saved
+        from mlctl.hosts.target import openssh_forward_argv
 
+        files = [str(known_hosts.mlctl_known_hosts_path()), "~/.ssh/known_hosts"]
+        argv = openssh_forward_argv(saved.resolve(record.host), port, record.remote_port, files)
         typer.echo(shell.join(argv))
         return
     import logging

@@ -12,6 +12,7 @@ from mlctl.errors import StateError, UsageError
 from mlctl.hosts import saved
 from mlctl.hosts.target import (
     SshTarget,
+    openssh_forward_argv,
     parse_ssh_command,
     parse_target,
     split_host_string,
@@ -240,3 +241,22 @@ def test_saved_name_wins_over_ssh_config_alias(mlctl_home: Path) -> None:
     saved.add("gpu", SshTarget("198.51.100.3", 2200, "root"))
     assert saved.resolve("gpu") == SshTarget("198.51.100.3", 2200, "root")
     assert saved.resolve("root@gpu").host == "192.0.2.10"
+
+
+def test_openssh_forward_argv_round_trips_the_provider_line() -> None:
+    target = parse_ssh_command("ssh -p 40022 -i ~/k -J jump@bastion root@ssh4.vast.ai")
+    argv = openssh_forward_argv(target, 8001, 8000, ["/s/mlctl known_hosts", "~/.ssh/known_hosts"])
+    assert argv[:4] == ["ssh", "-tt", "-L", "127.0.0.1:8001:127.0.0.1:8000"]
+    assert argv[-2:] == ["root@ssh4.vast.ai", "sleep 2147483647"]
+    assert parse_ssh_command(argv[:-1]) == target  # the same host, port, key and jump
+    assert 'UserKnownHostsFile="/s/mlctl known_hosts" ~/.ssh/known_hosts' in argv
+    assert "ExitOnForwardFailure=yes" in argv
+
+
+def test_openssh_forward_argv_defaults() -> None:
+    argv = openssh_forward_argv(SshTarget(host="gpu1"), 8000, 8000)
+    assert argv == [
+        "ssh", "-tt", "-L", "127.0.0.1:8000:127.0.0.1:8000",
+        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
+        "gpu1", "sleep 2147483647",
+    ]  # fmt: skip
