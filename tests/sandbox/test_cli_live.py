@@ -1,4 +1,5 @@
-"""`mlctl tunnel` as a user runs it, its `--print-ssh` command run for real, and `--dry-run`."""
+"""Commands as a user runs them on a live deployment: `tunnel` (and the command its
+`--print-ssh` prints, run for real), `logs -f`, and `deploy --dry-run`."""
 
 from __future__ import annotations
 
@@ -120,3 +121,29 @@ def test_dry_run_plans_against_the_host_and_changes_nothing(
     assert "dry" not in {r.name for r in state.list_records()}
     code, out, err = run_cli(args[:-1])  # the human form prints the plan
     assert code == 0 and "vllm serve" in out, err
+
+
+def test_logs_follow_shows_new_lines_live_and_ctrl_c_ends_it(
+    deployed: state.DeploymentRecord, sandbox_home: Path
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlctl", "logs", NAME, "-f", "--tail", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MLCTL_HOME": str(sandbox_home)},
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the last line already in the log
+        assert first.strip()
+        # a request the engine logs after `logs -f` started (the sandbox engine is local)
+        assert _models(deployed.remote_port, deployed).status_code == 200
+        deadline = time.monotonic() + 10
+        seen = b""
+        while b"/v1/models" not in seen:
+            assert time.monotonic() < deadline, seen
+            seen += proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
