@@ -547,7 +547,13 @@ def tunnel(
         return
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # mlctl's own messages (connected, lost, reconnected) to stderr; paramiko's stay
+    # silent (hosts/ssh gives it a NullHandler): what it logs, mlctl reports better
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    mlctl_log = logging.getLogger("mlctl")
+    mlctl_log.addHandler(handler)
+    mlctl_log.setLevel(logging.INFO)
     policy = _policy(host_key_policy)
     conn = open_connector(record.host, host_key_policy=policy)
     forward = Tunnel(
@@ -565,6 +571,8 @@ def tunnel(
             f"{record.remote_port}. Ctrl-C closes it.\n"
         )
         _wait_forever()
+    except KeyboardInterrupt:  # Ctrl-C is how a tunnel ends, even while it starts
+        sys.stderr.write("Tunnel closed.\n")
     finally:
         forward.stop()
         conn.close()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 DEFAULT_KEY_FILES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+_EOF_GRACE = 5.0  # seconds to wait for the output's end after the exit status
 _READ_CHUNK = 65536
 
 
@@ -406,6 +407,7 @@ class SSHConnector:
         on_err: Callable[[bytes], None],
     ) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
+        status_at: float | None = None
         with selectors.DefaultSelector() as sel:
             sel.register(chan, selectors.EVENT_READ)
             while True:
@@ -413,7 +415,22 @@ class SSHConnector:
                     on_out(chan.recv(_READ_CHUNK))
                 while chan.recv_stderr_ready():
                     on_err(chan.recv_stderr(_READ_CHUNK))
-                if chan.exit_status_ready() and not (chan.recv_ready() or chan.recv_stderr_ready()):
+                # Done when the exit status AND the end of the output are in: sshd sends
+                # exit-status when the process exits and may still be reading its last
+                # output from the pipe, so the status alone can cut stdout short. A
+                # background process still holding the pipe would keep EOF away for
+                # ever (OpenSSH's client hangs there); after a grace period we stop.
+                if chan.exit_status_ready() and status_at is None:
+                    status_at = time.monotonic()
+                if (
+                    status_at is not None
+                    and (
+                        chan.eof_received
+                        or chan.closed
+                        or time.monotonic() - status_at > _EOF_GRACE
+                    )
+                    and not (chan.recv_ready() or chan.recv_stderr_ready())
+                ):
                     break
                 wait = 1.0 if deadline is None else deadline - time.monotonic()
                 if wait <= 0:
