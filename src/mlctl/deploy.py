@@ -93,6 +93,16 @@ class DeployOptions:
     ready_timeout: float = READY_TIMEOUT
     models_dir: ModelsDir | None = None
 
+    @property
+    def models_probe_path(self) -> str | None:
+        """--models-dir as the facts probe and the disk check name it (None: the default)."""
+        return self.models_dir.probe_path if self.models_dir else None
+
+    @property
+    def models_root(self) -> str | None:
+        """--models-dir as remote shell commands name it (None: the default)."""
+        return self.models_dir.layout_path if self.models_dir else None
+
 
 @dataclass
 class DeployResult:
@@ -191,9 +201,9 @@ class Deployer:
         holder: dict[str, HostFacts] = {}
 
         def run() -> tuple[StepStatus, str]:
-            models = self.options.models_dir
+            probe_path = self.options.models_probe_path
             holder["facts"] = gather_facts(
-                self.conn, models_dirs=[models.probe_path] if models else ()
+                self.conn, models_dirs=[probe_path] if probe_path else ()
             )
             return "ok", holder["facts"].gpu_summary()
 
@@ -209,12 +219,11 @@ class Deployer:
         """
 
         def run() -> tuple[StepStatus, str]:
-            models = self.options.models_dir
             checks = host_checks(
                 facts,
                 profile,
                 alternatives=self.alternatives,
-                models_dir=models.probe_path if models else None,
+                models_dir=self.options.models_probe_path,
             )
             if hardware_only:
                 checks = [c for c in checks if c.id in HARDWARE_CHECKS]
@@ -267,9 +276,8 @@ class Deployer:
 
     def make_plan(self, profile: Profile, facts: HostFacts) -> Plan:
         """The plan against the real facts (raises FitError with the sums)."""
-        models = self.options.models_dir
         layout = RemoteLayout(
-            root=facts.root or "$HOME/.mlctl", models_root=models.layout_path if models else None
+            root=facts.root or "$HOME/.mlctl", models_root=self.options.models_root
         )
         return build_plan(
             profile,
