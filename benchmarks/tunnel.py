@@ -8,9 +8,9 @@ loopback (started in a temp dir, stopped at the end), four paths:
 - OpenSSH: ``ssh -tt -L … 'sleep …'`` (the reference: a pty session is what makes
   sshd disable Nagle on its side),
 - mlctl: ``mlctl.tunnel.Tunnel`` over ``mlctl.hosts.ssh.connect``,
-- mlctl-plain: the same with ``MLCTL_TUNNEL_DIRECT=0`` (replies handed from
-  paramiko's thread to ours, not sent from paramiko's thread: see
-  ``mlctl/tunnel_pipe.py``), to show what that costs.
+- mlctl-plain: the same with ``MLCTL_TUNNEL_DIRECT=0``: paramiko's own packet layer
+  and a thread per direction (no ``mlctl/tunnel_pipe.py``, ``hosts/fast_packets.py``
+  or ``hosts/request_loop.py``), to show what those save.
 
 The HTTP server, the OpenSSH client and mlctl's tunnel each run in their own
 process, as they do for a user; this process is only the client. It measures
@@ -23,7 +23,7 @@ of three). Targets (issue #5): latency <= 1.15x OpenSSH, worst chunk delay
 <= 2 ms, throughput >= 0.9x OpenSSH; the latency target is checked for both
 clients. Exit status 1 when a target is missed.
 
-    python benchmarks/tunnel.py [--requests 2000] [--json]
+    python benchmarks/tunnel.py [--requests 5000] [--json]
 """
 
 from __future__ import annotations
@@ -402,8 +402,8 @@ def _print(result: dict[str, Any]) -> None:
     ratios = result["ratios_to_openssh"]
     print(
         f"mlctl / OpenSSH: p50 {ratios['p50']:.2f}x, p99 {ratios['p99']:.2f}x, "
-        f"throughput {ratios['throughput']:.2f}x; with replies handed between threads "
-        f"(MLCTL_TUNNEL_DIRECT=0) p50 {ratios['plain_p50']:.2f}x\n"
+        f"throughput {ratios['throughput']:.2f}x; with paramiko's packet layer and a "
+        f"thread per direction (MLCTL_TUNNEL_DIRECT=0) p50 {ratios['plain_p50']:.2f}x\n"
         f"(pty held: {result['mlctl_holds_pty']}; "
         f"{result['openssh']})"
     )
@@ -427,7 +427,7 @@ def main() -> None:
         _serve_tunnel(host, int(port), user, key, int(http_port), direct)
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000, help="small requests per path")
+    parser.add_argument("--requests", type=int, default=5000, help="small requests per path")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.requests < 500:

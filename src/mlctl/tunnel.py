@@ -28,10 +28,14 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from mlctl import tunnel_pipe
 from mlctl.errors import ConnectError, UsageError
 from mlctl.hosts.base import Connector, StreamChannel
+
+if TYPE_CHECKING:
+    from mlctl.hosts.request_loop import Adopted
 from mlctl.tunnel_session import Backoff, HostSession, refusal
 
 LOCALHOST = "127.0.0.1"
@@ -40,6 +44,7 @@ _CHUNK = 65536
 # reading all of it (at most one 2 MiB window) at once avoids that copy per read.
 _CHANNEL_CHUNK = 4 << 20
 _JOIN_TIMEOUT = 2.0
+_ADOPTED_CHECK = 0.5  # how often a pump whose client paramiko's thread reads checks the link
 _WATCH_INTERVAL = 0.25  # how often the watch thread looks at the connection
 _BACKOFF_FIRST = 0.2  # first wait before reconnecting, doubled after each failure...
 _BACKOFF_MOST = 5.0  # ...up to this
@@ -212,11 +217,15 @@ class _Link:
         self.session: HostSession | None = None
         self.lock = threading.Lock()
         self.aborted = False
+        self.adopted: Adopted | None = None  # the client socket, while paramiko's thread reads it
 
     def abort(self) -> None:
         with self.lock:
             self.aborted = True
             channel = self.channel
+            adopted = self.adopted
+        if adopted is not None:
+            adopted.release()  # back to the pump thread, which then sees the abort
         _reset_on_close(self.client)
         _wake(self.client)
         if channel is not None:
@@ -228,15 +237,23 @@ class _Link:
             _close(self.channel)
 
 
-def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket) -> bool:
-    """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False."""
+def _pump(
+    src: StreamChannel | socket.socket,
+    dst: StreamChannel | socket.socket,
+    sendall: Callable[[bytes], None] | None = None,
+) -> bool:
+    """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False.
+
+    ``sendall`` sends to ``dst`` (default: ``dst.sendall``).
+    """
+    send = sendall or dst.sendall
     try:
         size = _CHUNK if isinstance(src, socket.socket) else _CHANNEL_CHUNK
         while True:
             data = src.recv(size)
             if not data:
                 break
-            dst.sendall(data)
+            send(data)
     except Exception as exc:  # socket, EOF or paramiko errors end this link
         log.debug("tunnel pump stopped: %s", exc)
         return False
@@ -245,6 +262,53 @@ def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket
         return False
     try:
         dst.shutdown(socket.SHUT_WR)
+    except Exception:  # peer already gone
+        pass
+    return True
+
+
+def _send_requests(link: _Link, channel: StreamChannel, send: Callable[[bytes], None]) -> bool:
+    """Client to channel, like ``_pump``, with paramiko's thread reading where it can.
+
+    The client socket is offered to the connection's request loop
+    (``mlctl.hosts.request_loop``): while it is there, paramiko's thread sends what
+    the client writes, and this thread waits. Whenever the loop hands it back (a key
+    exchange, a short window, the client's end or an error) this thread goes on
+    reading, and offers it again after each chunk it sends itself.
+    """
+    client = link.client
+    try:
+        while True:
+            adopted = tunnel_pipe.adopt(channel, client)
+            if adopted is not None:
+                with link.lock:
+                    link.adopted = adopted
+                    aborted = link.aborted
+                if aborted:
+                    adopted.release()
+                while not adopted.wait(_ADOPTED_CHECK):
+                    if getattr(channel, "closed", False) or link.aborted:
+                        adopted.release()
+                with link.lock:
+                    link.adopted = None
+                if adopted.error is not None:
+                    log.debug("tunnel pump stopped: %s", adopted.error)
+                    return False
+                if adopted.data:
+                    send(adopted.data)
+                if adopted.eof:
+                    break
+                if link.aborted:
+                    return False
+            data = client.recv(_CHUNK)
+            if not data:
+                break
+            send(data)
+    except Exception as exc:  # socket, EOF or paramiko errors end this link
+        log.debug("tunnel pump stopped: %s", exc)
+        return False
+    try:
+        channel.shutdown(socket.SHUT_WR)
     except Exception:  # peer already gone
         pass
     return True
@@ -702,7 +766,13 @@ class Tunnel:
             with self._lock:
                 self._threads.add(back)
             back.start()
-            if not _pump(link.client, channel):
+            if pipe is not None:
+                # Requests: read by paramiko's own thread where it can, else by this one,
+                # and sent by fast_packets' lean sender (set up with the pipe).
+                ok = _send_requests(link, channel, tunnel_pipe.sender(channel))
+            else:
+                ok = _pump(link.client, channel)
+            if not ok:
                 link.abort()
             back.join()
         finally:

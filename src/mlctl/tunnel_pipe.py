@@ -15,6 +15,12 @@ bytes sent directly is counted on the spot; the WINDOW_ADJUST message itself is 
 by the pump thread, because the transport thread must never wait on a key
 re-exchange it is itself running.
 
+Where the connection has a :class:`~mlctl.hosts.fast_packets.FastPacketizer`, the
+pipe is also registered with it (:func:`~mlctl.hosts.fast_packets.route`), so the
+packet reaches :meth:`DirectPipe.feed` without paramiko building and dispatching a
+``Message`` for it; the window for direct sends is then counted in batches of
+``_CREDIT_BATCH`` bytes rather than one call (and lock) per packet.
+
 This relies on paramiko internals: ``Channel.in_buffer``, its lock and
 ``_buffer_frombytes``, ``Channel._check_add_window``, ``Channel.remote_chanid`` and
 ``Transport._send_user_message``. :func:`install` checks for them and returns None
@@ -28,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,10 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # bulk transfer, where the pump thread sending while paramiko's thread decrypts the
 # next packet is faster (two cores at work instead of one).
 DIRECT_MAX = 16 * 1024
+# Bytes sent directly are acknowledged to the channel's window in batches this size:
+# paramiko itself only sends a WINDOW_ADJUST once a tenth of the window (about 200 KiB)
+# is used, so holding back 32 KiB more cannot stall the far end.
+_CREDIT_BATCH = 32 * 1024
 _REQUIRED_CHANNEL = ("in_buffer", "_check_add_window", "remote_chanid", "transport", "lock")
 
 
@@ -63,6 +74,8 @@ class DirectPipe:
         self._sending = False  # the pump holds bytes taken from the queue, not yet sent
         self._credit = 0  # window to acknowledge for bytes sent directly
         self._event: Any = None
+        self._uncounted = 0  # bytes sent directly, not yet counted against the window
+        self._route: tuple[Any, int] | None = None  # (transport, chanid) when routed
         self.direct_bytes = 0  # how many bytes went out from the transport thread
 
     # ---------------------------------------------------------------- paramiko's side
@@ -93,6 +106,10 @@ class DirectPipe:
                     self._event.set()
                 self._cv.notify_all()
         if sent:
+            self._uncounted += sent  # only paramiko's thread feeds: no lock needed
+            if self._uncounted < _CREDIT_BATCH:
+                return
+            sent, self._uncounted = self._uncounted, 0
             # Outside our lock: Channel.close() holds the channel's lock while it closes
             # this pipe, so taking them in the other order here could deadlock.
             try:
@@ -137,6 +154,11 @@ class DirectPipe:
             return out
 
     def close(self) -> None:
+        route, self._route = self._route, None
+        if route is not None:
+            from mlctl.hosts import fast_packets
+
+            fast_packets.unroute(*route)
         with self._lock:
             self._closed = True
             if self._event is not None:
@@ -208,7 +230,37 @@ def install(channel: Any, client: socket.socket) -> DirectPipe | None:
             pipe._queue += early
         old._buffer_frombytes = pipe.feed
         channel.in_buffer = pipe
+    _route(pipe, channel)
     return pipe
+
+
+def _route(pipe: DirectPipe, channel: Any) -> None:
+    """Have the connection's packet reader feed ``pipe`` itself, where it can."""
+    from mlctl.hosts import fast_packets
+
+    transport = channel.transport
+    chanid = getattr(channel, "chanid", None)
+    if not isinstance(chanid, int) or fast_packets.install(transport) is None:
+        return
+    with channel.lock:  # Channel._set_closed (which closes the pipe) runs under it
+        if channel.closed:
+            return
+        pipe._route = (transport, chanid)
+        fast_packets.route(transport, chanid, pipe.feed)
+
+
+def adopt(channel: Any, client: socket.socket) -> Any:
+    """Offer ``client`` to paramiko's thread to read (fast_packets.adopt), or None."""
+    from mlctl.hosts import fast_packets
+
+    return fast_packets.adopt(channel, client)
+
+
+def sender(channel: Any) -> Callable[[bytes], None]:
+    """``channel``'s sendall: the lean one of fast_packets where its connection has it."""
+    from mlctl.hosts import fast_packets
+
+    return fast_packets.sender(channel)
 
 
 def _window_adjust(channel: Any, amount: int) -> None:

@@ -81,7 +81,15 @@ def test_small_packets_go_straight_to_the_client(pair: tuple[socket.socket, ...]
     pipe.feed(b"pong")
     assert _recv_exactly(reader, 23) == b"HTTP/1.1 200 OK\r\n\r\npong"
     assert pipe.direct_bytes == 23 and len(pipe) == 0
-    assert channel.windows == [19, 4]  # the window is counted for what went out directly
+    # the window for what went out directly is counted in batches, not per packet
+    assert channel.windows == []
+    chunk = b"z" * 8200
+    for _ in range(4):
+        pipe.feed(chunk)
+        assert _recv_exactly(reader, len(chunk)) == chunk
+    assert channel.windows == [23 + 4 * 8200]  # counted once the batch reached 32 KiB
+    pipe.feed(b"more")
+    assert _recv_exactly(reader, 4) == b"more" and channel.windows == [32823]
 
 
 def test_big_packets_are_queued_for_the_pump(pair: tuple[socket.socket, ...]) -> None:
@@ -146,23 +154,29 @@ def test_window_credit_for_direct_bytes_reaches_the_pump(pair: tuple[socket.sock
     client, reader = pair
     channel = FakeChannel(threshold=10)
     pipe = _pipe(client, channel)
-    pipe.feed(b"0123456789AB")  # 12 > 10: acknowledge 12
-    assert _recv_exactly(reader, 12) == b"0123456789AB"
-    assert pipe.take(100) == (b"", 12, False)  # the pump sends it (next test)
+    for _ in range(3):  # 36 000 bytes: over one credit batch, so counted (and > 10)
+        pipe.feed(b"0123456789AB" * 1000)
+        assert _recv_exactly(reader, 12000) == b"0123456789AB" * 1000
+    assert pipe.take(100) == (b"", 36000, False)  # the pump sends it (next test)
 
 
 def test_pump_sends_window_adjust_and_ends_at_eof(pair: tuple[socket.socket, ...]) -> None:
     client, reader = pair
     channel = FakeChannel(threshold=10)
     pipe = _pipe(client, channel)
-    pipe.feed(b"0123456789AB")
+    for _ in range(3):
+        pipe.feed(b"0123456789AB" * 1000)
     channel.eof_received = True
     pipe.close()
+    got = bytearray()
+    reading = threading.Thread(target=lambda: got.extend(_recv_exactly(reader, 36000)))
+    reading.start()
     assert tunnel_pipe.pump(pipe, channel, client, 1 << 20) is True
-    assert _recv_exactly(reader, 12) == b"0123456789AB"
+    reading.join(5)
+    assert bytes(got) == b"0123456789AB" * 3000
     assert reader.recv(10) == b""  # half-closed after the far end's EOF
-    # SSH_MSG_CHANNEL_WINDOW_ADJUST (93), recipient channel 7, 12 bytes
-    adjust = bytes([93]) + (7).to_bytes(4, "big") + (12).to_bytes(4, "big")
+    # SSH_MSG_CHANNEL_WINDOW_ADJUST (93), recipient channel 7, 36 000 bytes
+    adjust = bytes([93]) + (7).to_bytes(4, "big") + (36000).to_bytes(4, "big")
     assert channel.transport.sent == [adjust]
 
 
