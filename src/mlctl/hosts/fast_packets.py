@@ -211,7 +211,10 @@ class FastPacketizer(Packetizer):
                     state = loop.wait(sock.fileno(), _TIMEOUT_MS)
                     if state == request_loop.TIMEOUT:
                         raise TimeoutError()
-                    if state != request_loop.READY:
+                    if state != request_loop.READY:  # served a client: the SSH socket waits
+                        if check_rekey and not buf and self._Packetizer__need_rekey:
+                            self._fp_buf = buf
+                            raise NeedRekeyException()  # Transport.run starts the exchange
                         continue
                     n = request_loop.read_ready(sock.fileno(), view)
                     if n < 0:
