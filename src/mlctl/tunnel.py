@@ -7,6 +7,13 @@ connection is closed once both directions are done or either fails (with a
 reset, so a cut-off response never looks complete). The listener binds
 127.0.0.1 and nothing else.
 
+On an SSH connection with AES-GCM (the usual case) the pump threads mostly wait:
+paramiko's own thread reads the client's requests (``hosts/request_loop``) and
+writes the replies (``tunnel_pipe``) over a leaner packet layer
+(``hosts/fast_packets``), so one thread handles a request and its reply, as in
+OpenSSH. The pumps take over whenever that thread could not go on without
+waiting (a key exchange, a full socket, a short window).
+
 TCP_NODELAY is set on each accepted local socket here and on the SSH socket by
 the connector; the pty-holding session that makes sshd disable Nagle on its
 side, and the liveness checks, are in ``tunnel_session``. A watch thread per
@@ -33,10 +40,10 @@ from typing import TYPE_CHECKING
 from mlctl import tunnel_pipe
 from mlctl.errors import ConnectError, UsageError
 from mlctl.hosts.base import Connector, StreamChannel
+from mlctl.tunnel_session import Backoff, HostSession, refusal
 
 if TYPE_CHECKING:
     from mlctl.hosts.request_loop import Adopted
-from mlctl.tunnel_session import Backoff, HostSession, refusal
 
 LOCALHOST = "127.0.0.1"
 _CHUNK = 65536

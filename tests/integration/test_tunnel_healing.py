@@ -85,6 +85,9 @@ class Server(ThreadingHTTPServer):
 def http_port() -> Iterator[int]:
     server = Server(("127.0.0.1", 0), Handler)
     server.release = threading.Event()
+    # A connection that goes away between the poll and accept() (a reset one) must not
+    # leave serve_forever blocked in accept(), or shutdown() below would wait for ever.
+    server.socket.settimeout(1.0)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server.server_address[1]

@@ -208,7 +208,10 @@ class FastPacketizer(Packetizer):
                     n = sock.recv_into(view)
                 else:
                     # wait on the SSH socket and the tunnel's clients (request_loop)
-                    state = loop.wait(sock.fileno(), _TIMEOUT_MS)
+                    fd = sock.fileno()
+                    if fd < 0:  # closed under us (Transport.close): as paramiko, EOF
+                        raise EOFError()
+                    state = loop.wait(fd, _TIMEOUT_MS)
                     if state == request_loop.TIMEOUT:
                         raise TimeoutError()
                     if state != request_loop.READY:  # served a client: the SSH socket waits

@@ -61,6 +61,10 @@ class Adopted:
         self.eof = False  # the client closed its side
         self.error: BaseException | None = None
         self._back = threading.Event()
+        # (under the loop's lock) paramiko's thread is reading or sending for it; and a
+        # release was asked for meanwhile
+        self.busy = False
+        self.release_asked = False
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the socket is handed back (True) or ``timeout`` passes (False)."""
@@ -116,7 +120,10 @@ class RequestLoop:
     def _release(self, entry: Adopted) -> None:
         with self._lock:
             if self._adopted.get(entry.fd) is entry:
-                self._hand_back(entry)
+                if entry.busy:  # paramiko's thread is sending for it: handed back after
+                    entry.release_asked = True
+                else:
+                    self._hand_back(entry)
 
     def close(self) -> None:
         """Hand every socket back and adopt no more (the connection is going away).
@@ -127,7 +134,10 @@ class RequestLoop:
         with self._lock:
             self._closed = True
             for entry in list(self._adopted.values()):
-                self._hand_back(entry)
+                if entry.busy:
+                    entry.release_asked = True
+                else:
+                    self._hand_back(entry)
         self._wake()
 
     # ---------------------------------------------------------------- paramiko's side
@@ -203,57 +213,76 @@ class RequestLoop:
         entry._back.set()
 
     def _serve(self, fd: int) -> None:
-        """Send what the client on ``fd`` wrote, or hand its socket back."""
+        """Send what the client on ``fd`` wrote, or hand its socket back.
+
+        The loop's lock is not held while reading or sending: a send can wait on a
+        full SSH socket (a connection gone silent), and ``release`` (from the
+        tunnel's watch thread, which then closes that connection) must not wait for
+        it. A release asked for meanwhile takes effect when this serve ends, so the
+        pump thread never reads the client while bytes read here are unsent.
+        """
         with self._lock:
             entry = self._adopted.get(fd)
-            if entry is None:  # handed back since the poll (the poller is rebuilt next)
+            if entry is None or entry.busy:  # handed back since the poll (rebuilt next)
                 return
             channel = entry.channel
             if not self._can_send_now(channel):
                 self._hand_back(entry)
                 return
+            entry.busy = True
+        back = False
+        data, eof = b"", False
+        error: BaseException | None = None
+        try:
             try:
-                data = entry.sock.recv(_READ, _DONTWAIT)
+                got = entry.sock.recv(_READ, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._hand_back(entry, error=exc)
+                back, error = True, exc
                 return
-            if not data:
-                self._hand_back(entry, eof=True)
+            if not got:
+                back, eof = True, True
                 return
             gate = self._transport.clear_to_send_lock
             if not gate.acquire(blocking=False):  # a key exchange is starting
-                self._hand_back(entry, data=data)
+                back, data = True, got
                 return
             try:
-                self._send(entry, channel, data)
-                self.served += 1
-            except BaseException as exc:  # the SSH connection broke: paramiko's thread ends
-                if self._adopted.get(fd) is entry:
-                    self._hand_back(entry, error=exc)
-                raise
+                data = self._send(channel, got)
+                back = bool(data)
+                if not back:
+                    self.served += 1
             finally:
                 gate.release()
+        except BaseException as exc:  # the SSH connection broke: paramiko's thread ends
+            back, error = True, exc
+            raise
+        finally:
+            with self._lock:
+                entry.busy = False
+                if (back or entry.release_asked) and self._adopted.get(fd) is entry:
+                    self._hand_back(entry, data=data, eof=eof, error=error)
 
-    def _send(self, entry: Adopted, channel: Any, data: bytes) -> None:
-        # (holding self._lock and clear_to_send_lock) Channel.send's rules, never waiting:
-        # the window was checked before reading, and nothing else sends on this channel.
+    def _send(self, channel: Any, data: bytes) -> bytes:
+        """Send ``data`` by Channel.send's rules, never waiting; return what is left.
+
+        (Holding clear_to_send_lock.) The window was checked before reading, and
+        nothing else sends on this channel while its client is adopted.
+        """
         if not (self._transport.clear_to_send.is_set() and self._transport.active):
-            self._hand_back(entry, data=data)
-            return
+            return data
         while data:
             with channel.lock:
                 if channel.closed or channel.eof_sent or channel.out_window_size <= 0:
-                    self._hand_back(entry, data=data)
-                    return
+                    return data
                 size = channel._wait_for_send_window(len(data))
             if size == 0:
-                self._hand_back(entry, data=data)
-                return
+                return data
             head = _DATA_HEAD.pack(_MSG_CHANNEL_DATA, channel.remote_chanid, size)
             self._send_payload(head + data[:size])
             data = data[size:]
+        return b""
 
 
 def _close_fds(*fds: int) -> None:
