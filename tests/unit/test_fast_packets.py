@@ -377,6 +377,8 @@ def test_end_of_stream_and_close_are_eof(link: tuple[socket.socket, socket.socke
         threading.Timer(0.2, reader.close).start()
         with pytest.raises(EOFError):  # noticed at the next 0.1 s timeout
             reader.read_message()
+        with pytest.raises(EOFError):  # and at once when already closed (no fd to wait on)
+            reader.read_message()
 
 
 def test_corrupt_or_oversized_packets_are_refused(
