@@ -187,3 +187,28 @@ def test_adopting_wakes_a_waiting_loop(setup: Setup) -> None:
     assert results == [OTHER] and time.monotonic() - started < 1.0
     setup.user.sendall(b"now")  # and the next wait includes the new socket
     assert setup.wait() == OTHER and setup.sent() == b"now"
+
+
+def test_a_release_during_a_send_neither_waits_for_it_nor_reorders(setup: Setup) -> None:
+    # The send may be stuck on a silent connection: the watch thread's release must
+    # return at once, and the socket goes back only once the bytes read are sent.
+    unblock = threading.Event()
+    sending = threading.Event()
+
+    def slow_send(payload: bytes) -> None:
+        sending.set()
+        unblock.wait(5)
+        setup.payloads.append(payload)
+
+    setup.loop._send_payload = slow_send
+    adopted = setup.adopt()
+    setup.user.sendall(b"request")
+    serving = threading.Thread(target=setup.wait)
+    serving.start()
+    assert sending.wait(2)
+    started = time.monotonic()
+    adopted.release()
+    assert time.monotonic() - started < 0.5 and not adopted.handed_back
+    unblock.set()
+    serving.join(5)
+    assert adopted.wait(1) and adopted.data == b"" and setup.sent() == b"request"
