@@ -17,8 +17,13 @@ mlctl prefers:
   straight to that channel's receiver (the tunnel's ``DirectPipe``), without a
   ``Message``; ``Transport.run`` then sees an ``IGNORE`` packet and loops, so it
   still checks for a re-key and for ``active`` after each packet;
+- consecutive routed packets that arrived together reach the receiver in one
+  piece (a reply's headers and body: one write to the client, as OpenSSH does);
 - :func:`sender` sends a channel's data as one prebuilt payload, with the same
-  window, re-key (``clear_to_send``) and packet accounting as ``Channel.send``.
+  window, re-key (``clear_to_send``) and packet accounting as ``Channel.send``;
+  writes skip the ``poll`` that a socket with a timeout does before each send;
+- when it waits for the SSH socket it also serves the tunnel's adopted client
+  sockets (:mod:`mlctl.hosts.request_loop`, :func:`adopt`).
 
 Everything else is paramiko's own code: any other cipher, compression or packet
 dumping makes each call fall back to ``Packetizer.read_message`` /
