@@ -244,29 +244,26 @@ class _Link:
             _close(self.channel)
 
 
-def _pump(
-    src: StreamChannel | socket.socket,
-    dst: StreamChannel | socket.socket,
-    sendall: Callable[[bytes], None] | None = None,
-) -> bool:
-    """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False.
-
-    ``sendall`` sends to ``dst`` (default: ``dst.sendall``).
-    """
-    send = sendall or dst.sendall
+def _pump(src: StreamChannel | socket.socket, dst: StreamChannel | socket.socket) -> bool:
+    """Copy ``src`` to ``dst`` until EOF (then half-close ``dst``): True, or an error: False."""
     try:
         size = _CHUNK if isinstance(src, socket.socket) else _CHANNEL_CHUNK
         while True:
             data = src.recv(size)
             if not data:
                 break
-            send(data)
+            dst.sendall(data)
     except Exception as exc:  # socket, EOF or paramiko errors end this link
         log.debug("tunnel pump stopped: %s", exc)
         return False
     if not getattr(src, "eof_received", True):
         # A paramiko channel also reads b"" when its transport died: not the far end's EOF.
         return False
+    return _half_close(dst)
+
+
+def _half_close(dst: StreamChannel | socket.socket) -> bool:
+    """Pass an end of stream on to ``dst``; True (a peer already gone is no failure)."""
     try:
         dst.shutdown(socket.SHUT_WR)
     except Exception:  # peer already gone
@@ -288,16 +285,7 @@ def _send_requests(link: _Link, channel: StreamChannel, send: Callable[[bytes], 
         while True:
             adopted = tunnel_pipe.adopt(channel, client)
             if adopted is not None:
-                with link.lock:
-                    link.adopted = adopted
-                    aborted = link.aborted
-                if aborted:
-                    adopted.release()
-                while not adopted.wait(_ADOPTED_CHECK):
-                    if getattr(channel, "closed", False) or link.aborted:
-                        adopted.release()
-                with link.lock:
-                    link.adopted = None
+                _wait_while_adopted(link, channel, adopted)
                 if adopted.error is not None:
                     log.debug("tunnel pump stopped: %s", adopted.error)
                     return False
@@ -314,11 +302,21 @@ def _send_requests(link: _Link, channel: StreamChannel, send: Callable[[bytes], 
     except Exception as exc:  # socket, EOF or paramiko errors end this link
         log.debug("tunnel pump stopped: %s", exc)
         return False
-    try:
-        channel.shutdown(socket.SHUT_WR)
-    except Exception:  # peer already gone
-        pass
-    return True
+    return _half_close(channel)
+
+
+def _wait_while_adopted(link: _Link, channel: StreamChannel, adopted: Adopted) -> None:
+    """Wait until the request loop hands ``link``'s client back (at once when it ends)."""
+    with link.lock:
+        link.adopted = adopted  # Link.abort releases it from now on
+        aborted = link.aborted
+    if aborted:
+        adopted.release()
+    while not adopted.wait(_ADOPTED_CHECK):
+        if getattr(channel, "closed", False) or link.aborted:
+            adopted.release()
+    with link.lock:
+        link.adopted = None
 
 
 def _pump_back(link: _Link, channel: StreamChannel, pipe: tunnel_pipe.DirectPipe | None) -> None:

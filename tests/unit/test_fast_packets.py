@@ -76,6 +76,14 @@ def _ready(sock: socket.socket) -> Packetizer:
     return p
 
 
+def _gcm_pair(a: socket.socket, b: socket.socket) -> tuple[Packetizer, Packetizer]:
+    """paramiko's writer on ``a`` and reader on ``b``, both under AES-GCM with one key."""
+    writer, reader = _ready(a), _ready(b)
+    _gcm_out(writer)
+    _gcm_in(reader)
+    return writer, reader
+
+
 def _fast(p: Packetizer) -> tuple[FastPacketizer, FakeTransport]:
     transport = FakeTransport(p)
     fast = fast_packets.install(transport)
@@ -197,11 +205,8 @@ def test_paramiko_reads_what_it_writes_and_the_books_match(
     link: tuple[socket.socket, socket.socket], spare: Callable[[], socket.socket]
 ) -> None:
     a, b = link
-    writer = _ready(a)
-    _gcm_out(writer)
+    writer, reader = _gcm_pair(a, b)
     _fast(writer)
-    reader = _ready(b)
-    _gcm_in(reader)
     reference = _ready(spare())  # paramiko's writer, for its books only
     _gcm_out(reference)
     for n in SIZES:
@@ -220,10 +225,7 @@ def test_channel_data_for_a_routed_channel_goes_to_its_receiver(
     link: tuple[socket.socket, socket.socket],
 ) -> None:
     a, b = link
-    writer = _ready(a)
-    _gcm_out(writer)
-    reader = _ready(b)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     fast, transport = _fast(reader)
     delivered: list[bytes] = []
     assert fast_packets.route(transport, 7, delivered.append)
@@ -265,10 +267,7 @@ def test_packets_that_arrive_together_reach_the_receiver_in_one_piece(
     link: tuple[socket.socket, socket.socket],
 ) -> None:
     a, b = link
-    writer = _ready(a)
-    _gcm_out(writer)
-    reader = _ready(b)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     _, transport = _fast(reader)
     seven: list[bytes] = []
     eight: list[bytes] = []
@@ -308,9 +307,7 @@ def test_bytes_read_ahead_reach_paramiko_when_the_cipher_changes(
     link: tuple[socket.socket, socket.socket],
 ) -> None:
     a, b = link
-    writer, reader = _ready(a), _ready(b)
-    _gcm_out(writer)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     _fast(reader)
     first = [os.urandom(n) for n in (10, 200, 3000)]
     then = [os.urandom(n) for n in (5, 700)]
@@ -331,9 +328,7 @@ def test_re_key_counters_ask_for_a_new_key_as_paramiko_does() -> None:
     for make_fast in (False, True):
         a, b = socket.socketpair()
         with a, b:
-            writer, reader = _ready(a), _ready(b)
-            _gcm_out(writer)
-            _gcm_in(reader)
+            writer, reader = _gcm_pair(a, b)
             if make_fast:
                 _fast(writer)
                 _fast(reader)
@@ -408,9 +403,7 @@ def test_writes_go_whole_when_the_socket_takes_them_in_parts(
 ) -> None:
     a, b = link
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    writer, reader = _ready(a), _ready(b)
-    _gcm_out(writer)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     _fast(writer)
     assert writer._fp_write_fd  # type: ignore[attr-defined]
     bodies = [os.urandom(30000) for _ in range(20)]
@@ -435,9 +428,7 @@ def test_without_sigpipe_ignored_writes_use_paramikos_send(
         signal, "getsignal", lambda s: signal.SIG_DFL if s == signal.SIGPIPE else real(s)
     )
     a, b = link
-    writer, reader = _ready(a), _ready(b)
-    _gcm_out(writer)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     _fast(writer)
     assert not writer._fp_write_fd  # type: ignore[attr-defined]
     monkeypatch.setattr(fast_packets.os, "write", lambda *_: pytest.fail("os.write used"))
@@ -504,9 +495,7 @@ def test_sender_sends_channel_data_with_window_and_key_exchange_rules(
     link: tuple[socket.socket, socket.socket], spare: Callable[[], socket.socket]
 ) -> None:
     a, b = link
-    writer, reader = _ready(a), _ready(b)
-    _gcm_out(writer)
-    _gcm_in(reader)
+    writer, reader = _gcm_pair(a, b)
     fast, transport = _fast(writer)
     channel = FakeChannel(transport, window=10)
     send = fast_packets.sender(channel)
