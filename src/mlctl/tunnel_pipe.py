@@ -35,7 +35,10 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlctl.hosts.request_loop import Adopted
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +252,7 @@ def _route(pipe: DirectPipe, channel: Any) -> None:
         fast_packets.route(transport, chanid, pipe.feed)
 
 
-def adopt(channel: Any, client: socket.socket) -> Any:
+def adopt(channel: Any, client: socket.socket) -> Adopted | None:
     """Offer ``client`` to paramiko's thread to read (fast_packets.adopt), or None."""
     from mlctl.hosts import fast_packets
 

@@ -221,6 +221,14 @@ def test_paramiko_reads_what_it_writes_and_the_books_match(
     assert _books_out(writer) == _books_out(reference)
 
 
+def _data(chanid: int, body: bytes) -> Message:
+    m = Message()
+    m.add_byte(bytes([94]))
+    m.add_int(chanid)
+    m.add_string(body)
+    return m
+
+
 def test_channel_data_for_a_routed_channel_goes_to_its_receiver(
     link: tuple[socket.socket, socket.socket],
 ) -> None:
@@ -230,37 +238,22 @@ def test_channel_data_for_a_routed_channel_goes_to_its_receiver(
     delivered: list[bytes] = []
     assert fast_packets.route(transport, 7, delivered.append)
 
-    def data(chanid: int, body: bytes) -> Message:
-        m = Message()
-        m.add_byte(bytes([94]))
-        m.add_int(chanid)
-        m.add_string(body)
-        return m
-
-    writer.send_message(data(7, b"to seven"))
+    writer.send_message(_data(7, b"to seven"))
     assert reader.read_message()[0] == 2  # MSG_IGNORE: Transport.run just loops
     assert delivered == [b"to seven"]
-    writer.send_message(data(8, b"to eight"))  # not routed: paramiko dispatches it
+    writer.send_message(_data(8, b"to eight"))  # not routed: paramiko dispatches it
     ptype, m = reader.read_message()
     assert (ptype, m.get_int(), m.get_binary()) == (94, 8, b"to eight")
     transport._expected_packet = (20,)  # a key exchange waits for KEXINIT: paramiko sees all
-    writer.send_message(data(7, b"during kex"))
+    writer.send_message(_data(7, b"during kex"))
     ptype, m = reader.read_message()
     assert (ptype, m.get_int(), m.get_binary()) == (94, 7, b"during kex")
     transport._expected_packet = ()
     fast_packets.unroute(transport, 7)
-    writer.send_message(data(7, b"after"))
+    writer.send_message(_data(7, b"after"))
     assert reader.read_message()[0] == 94
     assert delivered == [b"to seven"]
     assert reader.get_mac_size_in() == 16 and _books_in(reader)[3] == 4
-
-
-def _data(chanid: int, body: bytes) -> Message:
-    m = Message()
-    m.add_byte(bytes([94]))
-    m.add_int(chanid)
-    m.add_string(body)
-    return m
 
 
 def test_packets_that_arrive_together_reach_the_receiver_in_one_piece(
